@@ -1,0 +1,93 @@
+"""Zero-copy tensor exchange between PyTorch and JAX (DLPack). Knows nothing about neurons.
+
+Design note — who owns a buffer, and when a copy happens:
+
+* torch -> JAX (:func:`to_jax`): a contiguous tensor whose data pointer is 64-byte aligned is
+  *shared* (JAX reads torch's memory; same pointer). JAX cannot import other layouts (offset views,
+  stride-0 broadcasts, gapped/transposed strides), so those are copied **explicitly** here into a
+  fresh, aligned torch buffer, and every such copy is recorded in :data:`copy_counts` (and warned
+  about when :func:`warn_on_copy` is on). The import itself runs with ``copy=False``: if JAX would
+  copy anything behind our back, it raises instead.
+* JAX -> torch (:func:`to_torch`): JAX results are fresh buffers; torch wraps them without a copy.
+  :func:`to_torch` first blocks until the whole computation that produced them is finished, because
+  JAX dispatch is asynchronous (on CPU too): otherwise torch could read a buffer that is still being
+  written, or mutate an input that JAX is still reading.
+* 64-bit: with JAX's default (x64 off) a float64 tensor would arrive silently as float32. Callers
+  wrap kernel calls in :func:`spark_torch.kernel.precision_scope`; :func:`to_jax` verifies the
+  dtype that arrived and raises on any mismatch instead of computing in lower precision.
+* Tensors that require grad cannot be exported; :func:`to_jax` detaches (the autograd op owns the
+  graph, the kernel only sees values).
+"""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import jax
+import jax.dlpack
+import torch
+
+ALIGNMENT_BYTES = 64
+
+#: Explicit copies made by :func:`to_jax`, by reason ("misaligned", "non-contiguous"). Read it to
+#: check that a hot path is zero-copy; :func:`reset_copy_counts` clears it.
+copy_counts: collections.Counter = collections.Counter()
+
+_warn_on_copy = False
+
+
+def warn_on_copy(enabled: bool = True) -> None:
+    """Emit a ``UserWarning`` for every explicit copy made at the boundary (a debug switch)."""
+    global _warn_on_copy
+    _warn_on_copy = bool(enabled)
+
+
+def reset_copy_counts() -> None:
+    """Clear :data:`copy_counts`."""
+    copy_counts.clear()
+
+
+def shares_memory_layout(tensor: torch.Tensor) -> bool:
+    """True when JAX can import ``tensor`` without a copy: contiguous and 64-byte aligned."""
+    return tensor.is_contiguous() and tensor.data_ptr() % ALIGNMENT_BYTES == 0
+
+
+def _explicit_copy(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    reason = "non-contiguous" if not tensor.is_contiguous() else "misaligned"
+    copy_counts[reason] += 1
+    if _warn_on_copy:
+        warnings.warn(
+            f"spark_torch: copying `{name}` ({reason}, shape {tuple(tensor.shape)}, strides "
+            f"{tensor.stride()}, data_ptr % {ALIGNMENT_BYTES} = {tensor.data_ptr() % ALIGNMENT_BYTES}) "
+            "before handing it to JAX", stacklevel=3)
+    # A fresh allocation from torch's allocator is 64-byte aligned and contiguous.
+    return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
+
+
+def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
+    """Share ``tensor`` with JAX (zero-copy when :func:`shares_memory_layout`, else an explicit copy).
+
+    Raises ``TypeError`` if JAX would receive another dtype (64-bit outside a 64-bit precision scope).
+    """
+    tensor = tensor.detach()
+    if not shares_memory_layout(tensor):
+        tensor = _explicit_copy(tensor, name)
+    array = jax.dlpack.from_dlpack(tensor, copy=False)
+    expected = str(tensor.dtype).removeprefix("torch.")
+    if array.dtype.name != expected:
+        raise TypeError(
+            f"`{name}` has dtype {tensor.dtype} but reached JAX as {array.dtype.name}: 64-bit tensors "
+            "must cross inside spark_torch.kernel.precision_scope (jax x64); refusing to downcast")
+    return array
+
+
+def to_torch(array: jax.Array) -> torch.Tensor:
+    """Wrap a (finished) JAX array as a torch tensor without a copy."""
+    return torch.from_dlpack(array)
+
+
+def results_to_torch(arrays):
+    """Block until every array in the pytree ``arrays`` is computed, then wrap each for torch."""
+    jax.block_until_ready(arrays)
+    return jax.tree.map(to_torch, arrays)

@@ -1,0 +1,227 @@
+r"""The Izhikevich (2003) neuron as pure JAX functions: one step, a ``lax.scan`` over time, and its VJP.
+
+This module imports no torch; :mod:`spark_torch.ops` wraps it for PyTorch.
+
+Model (Izhikevich, "Simple model of spiking neurons", IEEE TNN 14(6), 2003, doi:10.1109/TNN.2003.820440),
+per neuron, with membrane ``v`` (mV), recovery ``u`` (mV/ms), input current ``I`` (pA), step ``dt`` (ms)::
+
+    f(v, u, I) = 0.04 v² + 5 v + 140 − u + R·I                       (mV/ms; u is NOT scaled by R)
+
+    scheme "euler":           v* = v + dt·f(v, u, I)
+                              u* = u + dt·a·(b·v − u)                (u uses the OLD v)
+    scheme "izhikevich2003":  v½ = v + (dt/2)·f(v, u, I)
+                              v* = v½ + (dt/2)·f(v½, u, I)
+                              u* = u + dt·a·(b·v* − u)               (the paper's MATLAB code)
+
+    spike   s      = v* >= v_pk                                      (tested on the integrated value)
+    reset   v_next = c      if s else v*
+            u_next = u* + d if s else u*
+    output  x      = (v* − v_pk) / (v_pk − v_r)                      (0 at threshold, −1 at rest)
+
+Gradients treat the spike in the reset as a constant (as snnTorch detaches its reset); the spike
+itself is not differentiated here: the caller applies a surrogate to ``x`` and sends back ``dL/dx``.
+
+Shapes: ``current`` is ``[T, *batch, *units]``; parameters broadcast against ``[*batch, *units]``
+(typically ``[*units]``, one value per neuron); the state is ``[*batch, *units]``.
+
+Precision: everything is computed in the dtype of ``current``. JAX computes float64 as float32 unless
+x64 is enabled, so :func:`precision_scope` enables it (thread-locally, for the duration of a call)
+when the input is 64-bit; the user's global JAX setting is never changed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEMES = ("euler", "izhikevich2003")
+
+
+class IzhikevichParams(NamedTuple):
+    """Per-neuron model parameters, each broadcastable to ``[*batch, *units]``.
+
+    Field names follow Spark's ``IzhikevichSomaConfig``; the paper's symbols are in brackets.
+    """
+
+    potential_rest: jax.Array  # v_r [mV]: rest state (v = v_r, u = b·v_r) and the scale of x
+    potential_reset: jax.Array  # c [mV]: v after a spike
+    resistance: jax.Array  # R [GΩ]: drive = R·I, so 100 pA -> 10 mV/ms
+    threshold: jax.Array  # v_pk [mV]: spike cut-off (the paper's apex, 30 mV)
+    recovery_timescale: jax.Array  # a [1/ms]
+    recovery_sensitivity: jax.Array  # b [dimensionless]
+    recovery_update: jax.Array  # d [mV/ms]: added to u after a spike
+
+
+class IzhikevichState(NamedTuple):
+    """Neuron state, each ``[*batch, *units]``: membrane ``v`` [mV] and recovery ``u`` [mV/ms]."""
+
+    v: jax.Array
+    u: jax.Array
+
+
+class Trajectory(NamedTuple):
+    """What :func:`simulate` returns, each ``[T, *batch, *units]``.
+
+    ``spikes`` is boolean; ``x`` is the normalized pre-reset distance to threshold; ``v`` and ``u`` are
+    the post-step (post-reset) state, so ``Trajectory.v[-1], Trajectory.u[-1]`` is the final state.
+    """
+
+    spikes: jax.Array
+    x: jax.Array
+    v: jax.Array
+    u: jax.Array
+
+
+def precision_scope(dtype) -> contextlib.AbstractContextManager:
+    """Context in which JAX honours ``dtype``: enables x64 (thread-locally) for 64-bit dtypes."""
+    if np.dtype(dtype).itemsize == 8:
+        return jax.enable_x64(True)
+    return contextlib.nullcontext()
+
+
+def rest_state(params: IzhikevichParams, shape, dtype) -> IzhikevichState:
+    """The state after build and after ``reset()``: ``v = v_r``, ``u = b·v_r``, broadcast to ``shape``."""
+    v = jnp.broadcast_to(jnp.asarray(params.potential_rest, dtype), shape)
+    u = jnp.broadcast_to(jnp.asarray(params.recovery_sensitivity * params.potential_rest, dtype), shape)
+    return IzhikevichState(v, u)
+
+
+def _drive(v, u, current, p: IzhikevichParams):
+    """dv/dt [mV/ms] = 0.04 v² + 5 v + 140 − u + R·I (evaluated left to right, as written)."""
+    return 0.04 * v * v + 5.0 * v + 140.0 - u + p.resistance * current
+
+
+def _integrate(v, u, current, p: IzhikevichParams, dt: float, scheme: str):
+    """One integration step before spike detection: returns ``(v*, u*)``."""
+    a, b = p.recovery_timescale, p.recovery_sensitivity
+    if scheme == "euler":
+        v_star = v + dt * _drive(v, u, current, p)
+        u_star = u + dt * a * (b * v - u)
+    elif scheme == "izhikevich2003":
+        half = 0.5 * dt
+        v_half = v + half * _drive(v, u, current, p)
+        v_star = v_half + half * _drive(v_half, u, current, p)
+        u_star = u + dt * a * (b * v_star - u)
+    else:
+        raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
+    return v_star, u_star
+
+
+def _fire_and_reset(v_star, u_star, spike, p: IzhikevichParams):
+    """Given the spike mask, the normalized distance ``x`` and the post-reset state."""
+    x = (v_star - p.threshold) / (p.threshold - p.potential_rest)
+    v_next = jnp.where(spike, p.potential_reset, v_star)
+    u_next = jnp.where(spike, u_star + p.recovery_update, u_star)
+    return x, v_next, u_next
+
+
+def step(state: IzhikevichState, current, params: IzhikevichParams, *, dt: float, scheme: str = "euler"):
+    """Advance one ``dt``. Returns ``((spike, x), next_state)``; ``spike`` is boolean."""
+    v_star, u_star = _integrate(state.v, state.u, current, params, dt, scheme)
+    spike = v_star >= params.threshold
+    x, v_next, u_next = _fire_and_reset(v_star, u_star, spike, params)
+    return (spike, x), IzhikevichState(v_next, u_next)
+
+
+def _cast_params(params: IzhikevichParams, dtype) -> IzhikevichParams:
+    return IzhikevichParams(*(jnp.asarray(p, dtype) for p in params))
+
+
+def _simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: float, scheme: str,
+              spike_dtype=None) -> Trajectory:
+    dtype = current.dtype
+    spike_dtype = jnp.bool_ if spike_dtype is None else spike_dtype
+    params = _cast_params(params, dtype)
+    state = IzhikevichState(jnp.asarray(state.v, dtype), jnp.asarray(state.u, dtype))
+
+    def body(carry, current_t):
+        (spike, x), nxt = step(carry, current_t, params, dt=dt, scheme=scheme)
+        return nxt, (spike.astype(spike_dtype), x, nxt.v, nxt.u)
+
+    _, (spikes, x, v, u) = jax.lax.scan(body, state, current)
+    return Trajectory(spikes, x, v, u)
+
+
+def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
+                  dt: float, scheme: str):
+    """Reverse scan: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace)`` -> grads of (current, state, params).
+
+    A cotangent may be ``None`` (that output was not used); ``traj.x`` is not needed. Each step is re-integrated from the saved pre-step state (``traj`` shifted by one) and
+    differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly
+    the forward's resets.
+    """
+    dtype = current.dtype
+    params = _cast_params(params, dtype)
+    g_x, g_v, g_u = cotangents
+    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, traj.v.shape[1:])[None], traj.v[:-1]])
+    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, traj.u.shape[1:])[None], traj.u[:-1]])
+
+    def local(v, u, i, p, spike):
+        v_star, u_star = _integrate(v, u, i, p, dt, scheme)
+        return _fire_and_reset(v_star, u_star, spike, p)
+
+    def body(carry, xs):
+        g_v_next, g_u_next, g_params = carry
+        v, u, i, spike, gx_t, gv_t, gu_t = xs
+        _, vjp = jax.vjp(partial(local, spike=spike), v, u, i, params)
+        g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
+        g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
+        g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
+        g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post))
+        g_params = jax.tree.map(jnp.add, g_params, g_p)
+        return (g_v_prev, g_u_prev, g_params), g_i
+
+    zeros_state = jnp.zeros(traj.v.shape[1:], dtype)
+    zeros_params = jax.tree.map(jnp.zeros_like, params)
+    spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes != 0
+    xs = (v_prev, u_prev, current, spikes, g_x, g_v, g_u)
+    (g_v0, g_u0, g_params), g_current = jax.lax.scan(
+        body, (zeros_state, zeros_state, zeros_params), xs, reverse=True)
+    g_state = IzhikevichState(_sum_to_shape(g_v0, jnp.shape(state.v)), _sum_to_shape(g_u0, jnp.shape(state.u)))
+    return g_current, g_state, g_params
+
+
+def _sum_to_shape(g, shape):
+    """Reduce a broadcast gradient back to ``shape`` (the adjoint of ``broadcast_to``)."""
+    lead = g.ndim - len(shape)
+    g = g.sum(axis=tuple(range(lead))) if lead else g
+    axes = tuple(i for i, n in enumerate(shape) if n == 1 and g.shape[i] != 1)
+    return g.sum(axis=axes, keepdims=True) if axes else g
+
+
+simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype"))
+simulate_forward.__doc__ = """Jitted forward scan: ``(current, state, params, dt, scheme[, spike_dtype]) -> Trajectory``."""
+
+simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme"))
+simulate_backward.__doc__ = """Jitted reverse scan: ``(..., traj, (g_x, g_v, g_u), dt, scheme) -> grads``."""
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: float, scheme: str = "euler") -> Trajectory:
+    """Run the model over ``current`` ``[T, *batch, *units]`` (pA) from ``state``; differentiable.
+
+    Differentiating through ``spikes`` is not possible (they are boolean); differentiate ``x``
+    (via a surrogate), ``v`` or ``u``. Gradients flow to ``current``, ``state`` and ``params``.
+    """
+    return _simulate(current, state, params, dt, scheme)
+
+
+def _simulate_vjp_fwd(current, state, params, dt, scheme):
+    traj = _simulate(current, state, params, dt, scheme)
+    return traj, (current, state, params, traj)
+
+
+def _simulate_vjp_bwd(dt, scheme, residuals, cotangent: Trajectory):
+    current, state, params, traj = residuals
+    g_current, g_state, g_params = _simulate_bwd(
+        current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), dt, scheme)
+    g_params = IzhikevichParams(*(_sum_to_shape(g, jnp.shape(p)) for g, p in zip(g_params, params)))
+    return g_current, g_state, g_params
+
+
+simulate.defvjp(_simulate_vjp_fwd, _simulate_vjp_bwd)

@@ -1,0 +1,118 @@
+"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v1.izhikevich_scan``.
+
+Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
+autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
+``torch.library.opcheck`` can verify it. Forward and backward each make exactly one jitted JAX call:
+:data:`spark_torch.kernel.simulate_forward` and the reverse scan
+:data:`spark_torch.kernel.simulate_backward`.
+
+The op namespace carries a version (``spark_torch_v1``): change it whenever the schema or the
+backward changes, so that no stale compiled graph in an inductor cache can be reused.
+
+Inputs (all tensors of one floating dtype and device):
+    current ``[T, *batch, *units]`` (pA); v0, u0 ``[*batch, *units]`` (mV, mV/ms);
+    seven parameter tensors broadcastable to ``[*batch, *units]`` in
+    :class:`spark_torch.kernel.IzhikevichParams` order; ``dt`` (ms); ``scheme``.
+Outputs (fresh tensors, ``[T, *batch, *units]``, the input's dtype):
+    spikes (0/1), x = (v* − v_pk)/(v_pk − v_r) (pre-reset), v (post-reset, mV), u (post-reset).
+Autograd: gradients flow from x, v and u (not from the 0/1 spikes: the module applies the user's
+surrogate to x) to current, v0, u0 and every parameter tensor.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from . import bridge
+from .kernel import IzhikevichParams, IzhikevichState, Trajectory, precision_scope, simulate_backward, simulate_forward
+
+OP_NAMESPACE = "spark_torch_v1"
+N_PARAMS = len(IzhikevichParams._fields)
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan", mutates_args=())
+def izhikevich_scan(
+    current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float, scheme: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units."""
+    with precision_scope(_np_dtype(current.dtype)):
+        traj = simulate_forward(
+            bridge.to_jax(current, "current"),
+            IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
+            _params_to_jax(params), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype))
+        return tuple(bridge.results_to_torch(tuple(traj)))
+
+
+@izhikevich_scan.register_fake
+def _(current, v0, u0, params, dt, scheme):
+    return tuple(torch.empty_like(current) for _ in range(4))
+
+
+def _setup_context(ctx, inputs, output):
+    current, v0, u0, params, dt, scheme = inputs
+    spikes, _, v, u = output
+    ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
+    ctx.dt, ctx.scheme = dt, scheme
+
+
+def _backward(ctx, g_spikes, g_x, g_v, g_u):
+    current, v0, u0, *rest = ctx.saved_tensors
+    params, (spikes, v, u) = rest[:N_PARAMS], rest[N_PARAMS:]
+    grads = izhikevich_scan_backward(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme)
+    g_current, g_v0, g_u0, *g_params = grads
+    return g_current, g_v0, g_u0, g_params, None, None
+
+
+@torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan_backward", mutates_args=())
+def izhikevich_scan_backward(
+    current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor],
+    spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
+    g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
+) -> list[torch.Tensor]:
+    """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
+
+    ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused).
+    """
+    with precision_scope(_np_dtype(current.dtype)):
+        cotangents = tuple(None if g is None else bridge.to_jax(g, name)
+                           for g, name in ((g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u")))
+        traj = Trajectory(bridge.to_jax(spikes, "spikes"), None, bridge.to_jax(v, "v"), bridge.to_jax(u, "u"))
+        grads = simulate_backward(
+            bridge.to_jax(current, "current"),
+            IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
+            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme)
+        g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
+    return [g_current, _sum_to(g_v0, v0), _sum_to(g_u0, u0), *(_sum_to(g, p) for g, p in zip(g_params, params))]
+
+
+@izhikevich_scan_backward.register_fake
+def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme):
+    return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
+
+
+def _params_to_jax(params) -> IzhikevichParams:
+    return IzhikevichParams(*(bridge.to_jax(p, name) for p, name in zip(params, IzhikevichParams._fields)))
+
+
+def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Reduce a gradient that JAX returned at the broadcast shape down to ``like``'s shape."""
+    if grad.shape == like.shape:
+        return grad
+    return grad.sum_to_size(like.shape)
+
+
+izhikevich_scan.register_autograd(_backward, setup_context=_setup_context)
+
+
+_NUMPY_DTYPES = {torch.float32: np.float32, torch.float64: np.float64}
+SUPPORTED_DTYPES = tuple(_NUMPY_DTYPES)
+
+
+def _np_dtype(dtype: torch.dtype):
+    try:
+        return _NUMPY_DTYPES[dtype]
+    except KeyError:
+        raise TypeError(f"izhikevich_scan computes in float32 or float64; got dtype {dtype}") from None

@@ -1,0 +1,345 @@
+r"""``IzhikevichSoma``: the Izhikevich (2003) neuron as a ``torch.nn.Module`` and snnTorch drop-in.
+
+Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) →
+:func:`spark_torch.ops.izhikevich_scan` (one JAX scan forward, one reverse scan backward) → spikes
+with the gradient of the user's ``spike_grad``.
+
+Units of what the layer returns and keeps:
+
+* ``spk`` — 0 or ``graded_spikes_factor``, dtype/device of the input.
+* ``mem`` — the membrane **normalized** like snnTorch's: ``mem = (v − v_r) / (v_pk − v_r)``, so the
+  reset/rest state is ``0`` and the spike cut-off is ``1`` (``v`` in mV is ``layer.potential``).
+  ``snntorch.utils.reset`` zeroes ``mem``: that *is* the rest state. ``mem`` is the post-reset value
+  (the state carried into the next step), so it never shows the spike itself.
+* ``layer.recovery`` — the recovery variable ``u`` (mV/ms), the second state variable, kept by the
+  module in step and sequence calls alike.
+
+State continuation rule: a ``mem`` that this layer emitted (or a view/``detach()`` of it, untouched
+since) continues from the exact internal state ``(v, u)``; if it no longer requires grad (e.g.
+``snn.Leaky.detach_hidden()`` / ``mem.detach()``), the history of ``v`` and ``u`` is cut too
+(truncated BPTT). Any other ``mem`` (zeros from ``snntorch.utils.reset``, a tensor you made) starts a
+fresh trajectory with ``v = v_r + mem·(v_pk − v_r)`` and ``u = b·v`` (the paper's initial
+condition; zeros give exactly the rest state ``v = v_r, u = b·v_r``). A batch-size change, ``reset()``
+and ``reset_mem()`` start from the rest state, treated as a constant (like snnTorch's zero state).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from typing import Optional
+
+import snntorch as snn
+import torch
+from torch import nn
+
+from .config import IzhikevichSomaConfig
+from .ops import SUPPORTED_DTYPES, izhikevich_scan
+
+MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
+_HIDDEN_STATE = ("mem", "potential", "recovery")
+
+#: snnTorch keyword arguments that have no meaning for the Izhikevich model, with the reason.
+UNSUPPORTED_SNNTORCH_KWARGS = {
+    "beta": "the Izhikevich model has no leak factor; its decay comes from the quadratic and from u",
+    "learn_beta": "there is no `beta`; make a model field learnable with `learnable=(...)`",
+    "inhibition": "winner-take-all inhibition is not implemented for IzhikevichSoma",
+    "state_quant": "state quantization is not implemented for IzhikevichSoma",
+    "reset_delay": "the Izhikevich reset happens in the step that spikes (v -> c, u -> u + d)",
+}
+
+
+class IzhikevichSoma(snn.Leaky):
+    r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
+
+    Per neuron and step (``dt`` ms, input current ``I`` in pA, ``v`` in mV)::
+
+        v* = v + dt·(0.04 v² + 5 v + 140 − u + R·I)      u* = u + dt·a·(b·v − u)     (scheme "euler")
+        spike = v* >= v_pk;   v ← c, u ← u* + d if spike else v ← v*, u ← u*
+
+    (scheme ``"izhikevich2003"``: two half steps for ``v``, then ``u`` from the new ``v``.)
+    Gradients: the spike's gradient is ``spike_grad`` evaluated at ``x = (v* − v_pk)/(v_pk − v_r)``
+    (straight-through: the emitted value is exactly the kernel's spike); resets are detached.
+
+    Args:
+        config: an :class:`IzhikevichSomaConfig` (``None``: Spark's defaults).
+        **overrides: config fields that win over ``config`` (e.g. ``recovery_update=8.0``). Spark's
+            default ``resistance=0.1`` GΩ keeps O(1) inputs from ``nn.Linear`` silent: use
+            ``resistance=10.0`` so that unit input is the paper's I = 10.
+        units: neuron shape (e.g. ``(128,)`` or ``(C, H, W)``); ``None`` infers it from the first
+            input (the trailing dims after the batch dim, or after ``[T, B]`` with ``sequence=True``).
+        sequence: ``False``: ``forward`` takes one step ``[B, *units]``; ``True``: a whole sequence
+            ``[T, B, *units]`` in one kernel call (returns ``[T, B, *units]`` spikes and membranes).
+        learnable: model fields to train as per-neuron ``nn.Parameter`` s (e.g. ``("threshold",
+            "recovery_timescale")``); the others are buffers.
+        spike_grad, surrogate_disable, init_hidden, output, graded_spikes_factor,
+        learn_graded_spikes_factor, learn_threshold: as in snnTorch (``learn_threshold=True`` adds
+            ``"threshold"`` to ``learnable``).
+        reset_mechanism: only ``"zero"`` (the model resets to ``potential_reset``) is accepted.
+        check_finite: reject NaN/Inf input with a ``ValueError`` (one reduction per call; set
+            ``False`` to skip it).
+
+    Inputs: ``cur`` ``[B, *units]`` (or ``[T, B, *units]``), optional ``mem`` ``[B, *units]``
+    (normalized, see module docs). Outputs: ``spk, mem`` (or ``spk`` with ``init_hidden=True``).
+
+    Example::
+
+        >>> layer = IzhikevichSoma(resistance=10.0)           # unit input = the paper's I = 10
+        >>> spk, mem = layer(torch.ones(4, 16))               # builds 16 neurons, one step
+
+    Reference: E. M. Izhikevich, "Simple Model of Spiking Neurons", IEEE TNN 14(6):1569–1572, 2003.
+    """
+
+    def __init__(self, config: Optional[IzhikevichSomaConfig] = None, *, units: Optional[Iterable[int]] = None,
+                 sequence: bool = False, learnable: Iterable[str] = (), spike_grad=None,
+                 surrogate_disable: bool = False, init_hidden: bool = False, output: bool = False,
+                 graded_spikes_factor: float = 1.0, learn_graded_spikes_factor: bool = False,
+                 learn_threshold: bool = False, reset_mechanism: str = "zero", check_finite: bool = True,
+                 **overrides):
+        _reject_unsupported_kwargs(overrides, reset_mechanism)
+        config = _resolve_config(config, overrides)
+        learnable = _resolve_learnable(learnable, learn_threshold)
+        snn.SpikingNeuron.__init__(
+            self, threshold=0.0, spike_grad=spike_grad, surrogate_disable=surrogate_disable,
+            init_hidden=init_hidden, inhibition=False, learn_threshold=False, reset_mechanism="zero",
+            state_quant=False, output=output, graded_spikes_factor=graded_spikes_factor,
+            learn_graded_spikes_factor=learn_graded_spikes_factor)
+        del self.threshold  # snnTorch's scalar placeholder; ours is the per-neuron v_pk (mV)
+        self.config = config
+        self.learnable = learnable
+        self.sequence = bool(sequence)
+        self.check_finite = bool(check_finite)
+        self.units: Optional[tuple[int, ...]] = None
+        for name in MODEL_FIELDS:
+            if name in learnable:
+                setattr(self, name, nn.UninitializedParameter())
+            else:
+                self.register_buffer(name, nn.UninitializedBuffer())
+        for name in _HIDDEN_STATE:
+            self.register_buffer(name, torch.zeros(0), persistent=False)
+        self._own_mem_tokens: tuple = ()
+        if units is not None:
+            self.build(tuple(units))
+
+    # ------------------------------------------------------------------ build and reset
+    def build(self, input_specs, dtype: Optional[torch.dtype] = None, device=None) -> None:
+        """Materialize the per-neuron parameters (Spark's ``build``) and the rest state.
+
+        ``input_specs``: the neuron shape ``units`` as a tuple, an example step input tensor
+        ``[B, *units]``, or a Spark-style mapping whose first value has a ``shape`` ``(B, *units)``.
+        Initializers are drawn from ``config.seed``; values land in ``dtype`` (default: torch's
+        default dtype) on ``device``.
+        """
+        units = _units_from_specs(input_specs)
+        if self.units is not None and units != self.units:
+            raise ValueError(f"`input_specs` give units {units}, but the layer is built with units {self.units}")
+        arrays = self.config.materialize(units)
+        dtype = dtype or torch.get_default_dtype()
+        for name in MODEL_FIELDS:
+            value = torch.as_tensor(arrays[name], dtype=dtype, device=device)
+            tensor = getattr(self, name)
+            if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+                tensor.materialize(units, dtype=dtype, device=device)
+            with torch.no_grad():
+                getattr(self, name).copy_(value)
+        self.units = units
+        self.reset()
+
+    @property
+    def built(self) -> bool:
+        return self.units is not None
+
+    def reset(self) -> None:
+        """Spark's reset: every neuron back to ``v = v_r, u = b·v_r``; behaves as freshly built."""
+        self.reset_mem()
+
+    def reset_mem(self) -> torch.Tensor:
+        """snnTorch's reset: the rest state (``mem = 0``, ``u = b·v_r``) at the current batch size."""
+        if not self.built or self.mem.numel() == 0:
+            self._set_state(*(torch.zeros(0, device=self.mem.device) for _ in range(3)))
+            return self.mem
+        v, u = self._rest_state(tuple(self.mem.shape), self.mem.dtype)
+        self._set_state(torch.zeros_like(v), v, u)
+        return self.mem
+
+    def init_leaky(self) -> torch.Tensor:
+        """snnTorch's (deprecated) name for :meth:`reset_mem`."""
+        return self.reset_mem()
+
+    def detach_hidden_state(self) -> None:
+        """Cut the autograd history of ``mem``, ``v`` and ``u`` (truncated BPTT) for this layer only."""
+        self._set_state(self.mem.detach(), self.potential.detach(), self.recovery.detach())
+
+    @property
+    def beta(self):
+        raise NotImplementedError(
+            "IzhikevichSoma is not a leaky integrate-and-fire neuron: it has no `beta` and cannot be "
+            "exported as snn.Leaky (e.g. by snntorch.export_nir); NIR has no Izhikevich node")
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, cur: torch.Tensor, mem: Optional[torch.Tensor] = None):
+        if self.init_hidden and mem is not None:
+            raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
+        step_input = not self.sequence
+        self._check_input(cur, "cur", sequence=self.sequence)
+        if not self.built:
+            self.build(tuple(cur.shape[1:] if step_input else cur.shape[2:]), dtype=cur.dtype, device=cur.device)
+        self._check_params_match(cur)
+        batch_shape = tuple(cur.shape[1:] if step_input else cur.shape[1:2]) if not step_input else tuple(cur.shape)
+        v0, u0 = self._initial_state(mem, batch_shape if step_input else tuple(cur.shape[1:]), cur.dtype)
+        sequence = cur.unsqueeze(0) if step_input else cur
+        spikes, x, v, u = izhikevich_scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
+                                          float(self.config.dt), self.config.scheme)
+        spk = self._emit(spikes, x)
+        mem_trace = self._normalize(v)
+        v_last, u_last = v[-1], u[-1]
+        mem_last = self._normalize(v_last)
+        self._set_state(mem_last, v_last, u_last, also_own=mem_trace[-1])
+        if step_input:
+            spk, mem_out = spk[0], mem_last
+        else:
+            mem_out = mem_trace
+        if self.output:
+            return spk, mem_out
+        if self.init_hidden:
+            return spk
+        return spk, mem_out
+
+    def _emit(self, spikes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """Straight-through spikes: the kernel's value, the gradient of ``spike_grad(x)``."""
+        surrogate = self.spike_grad(x)
+        spk = spikes + (surrogate - surrogate.detach())
+        return spk * self.graded_spikes_factor
+
+    def _normalize(self, v: torch.Tensor) -> torch.Tensor:
+        return (v - self.potential_rest) / (self.threshold - self.potential_rest)
+
+    # ------------------------------------------------------------------ state
+    def _rest_state(self, shape, dtype):
+        v = self.potential_rest.detach().to(dtype).expand(shape)
+        u = (self.recovery_sensitivity * self.potential_rest).detach().to(dtype).expand(shape)
+        return v.contiguous(), u.contiguous()
+
+    def _initial_state(self, mem_arg: Optional[torch.Tensor], shape: tuple, dtype):
+        """The state ``(v, u)`` a call starts from; see the module docstring for the rule."""
+        mem = self.mem if mem_arg is None else mem_arg
+        if mem_arg is not None:
+            _check_state_tensor(mem_arg, shape, dtype)
+        if tuple(mem.shape) != shape:
+            return self._rest_state(shape, dtype)
+        if self._is_own(mem):
+            v, u = self.potential, self.recovery
+            return (v, u) if mem.requires_grad else (v.detach(), u.detach())
+        v = self.potential_rest + mem * (self.threshold - self.potential_rest)
+        return v, self.recovery_sensitivity * v
+
+    def _is_own(self, mem: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():
+            return mem is self.mem
+        return _token(mem) in self._own_mem_tokens and self.potential.shape == mem.shape
+
+    def _set_state(self, mem, v, u, also_own: Optional[torch.Tensor] = None) -> None:
+        self.mem, self.potential, self.recovery = mem, v, u
+        if not torch.compiler.is_compiling():
+            self._own_mem_tokens = tuple(_token(t) for t in (mem, also_own) if t is not None and t.numel())
+
+    # ------------------------------------------------------------------ checks
+    def _check_input(self, cur, name: str, sequence: bool) -> None:
+        if not isinstance(cur, torch.Tensor):
+            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(cur).__name__}")
+        if cur.dtype not in SUPPORTED_DTYPES:
+            raise TypeError(f"`{name}` has dtype {cur.dtype}; IzhikevichSoma computes in float32 or float64 "
+                            "(convert integer/bool/half input with .float())")
+        layout = "[T, B, *units]" if sequence else "[B, *units]"
+        min_dims = 3 if sequence else 2
+        if cur.dim() < min_dims:
+            raise ValueError(f"`{name}` must be {layout} with at least {min_dims} dims, got shape {tuple(cur.shape)}")
+        if self.built and tuple(cur.shape[min_dims - 1:]) != self.units:
+            raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: expected {layout} with units {self.units}")
+        if cur.numel() == 0:
+            raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: empty input (T = 0 or B = 0) is not accepted")
+        if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(cur).all()):
+            raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
+
+    def _check_params_match(self, cur: torch.Tensor) -> None:
+        ref = self.threshold
+        if ref.dtype != cur.dtype:
+            raise TypeError(f"`cur` has dtype {cur.dtype} but the layer's parameters are {ref.dtype}; "
+                            f"convert the layer (e.g. layer.to({cur.dtype})) or the input")
+        if ref.device != cur.device:
+            raise ValueError(f"`cur` is on {cur.device} but the layer's parameters are on {ref.device}")
+
+    def extra_repr(self) -> str:
+        parts = [f"units={self.units}", f"scheme={self.config.scheme!r}", f"dt={self.config.dt}"]
+        if self.sequence:
+            parts.append("sequence=True")
+        if self.learnable:
+            parts.append(f"learnable={self.learnable}")
+        if self.init_hidden:
+            parts.append("init_hidden=True")
+        return ", ".join(parts)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "threshold"
+        if not self.built and key in state_dict:
+            saved = state_dict[key]
+            self.build(tuple(saved.shape), dtype=saved.dtype, device=saved.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _token(t: torch.Tensor) -> tuple:
+    """Identifies a tensor's values without reading them: storage pointer, layout and version."""
+    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, t._version)
+
+
+def _check_state_tensor(mem: torch.Tensor, shape: tuple, dtype) -> None:
+    if not isinstance(mem, torch.Tensor):
+        raise TypeError(f"`mem` must be a torch.Tensor, got {type(mem).__name__}")
+    if mem.numel() and tuple(mem.shape) != shape:
+        raise ValueError(f"`mem` has shape {tuple(mem.shape)}; expected {shape} (the input's [B, *units]) "
+                         "or an empty placeholder")
+    if mem.numel() and mem.dtype != dtype:
+        raise TypeError(f"`mem` has dtype {mem.dtype}; expected the input's dtype {dtype}")
+
+
+def _units_from_specs(input_specs) -> tuple[int, ...]:
+    if isinstance(input_specs, Mapping):
+        if not input_specs:
+            raise ValueError("`input_specs` is an empty mapping")
+        spec = next(iter(input_specs.values()))
+        return _units_from_specs(torch.empty(0).new_empty(tuple(getattr(spec, "shape", spec))))
+    if isinstance(input_specs, torch.Tensor):
+        if input_specs.dim() < 2:
+            raise ValueError(f"an example input must be [B, *units]; got shape {tuple(input_specs.shape)}")
+        return tuple(input_specs.shape[1:])
+    units = tuple(int(n) for n in input_specs)
+    if not units or any(n <= 0 for n in units):
+        raise ValueError(f"`units` (={units}) must be a non-empty tuple of positive sizes")
+    return units
+
+
+def _reject_unsupported_kwargs(kwargs: dict, reset_mechanism: str) -> None:
+    for name, why in UNSUPPORTED_SNNTORCH_KWARGS.items():
+        if name in kwargs:
+            raise TypeError(f"IzhikevichSoma does not accept snnTorch's `{name}` (={kwargs[name]!r}): {why}")
+    if reset_mechanism != "zero":
+        raise ValueError(f"`reset_mechanism` (={reset_mechanism!r}): the Izhikevich model resets v to "
+                         "`potential_reset` and adds `recovery_update` to u; only 'zero' (reset to a value) fits")
+
+
+def _resolve_config(config, overrides: dict) -> IzhikevichSomaConfig:
+    if config is None:
+        return IzhikevichSomaConfig(**overrides)
+    if not isinstance(config, IzhikevichSomaConfig):
+        raise TypeError(f"`config` must be an IzhikevichSomaConfig or None, got {type(config).__name__}")
+    return config.merge(**overrides) if overrides else config
+
+
+def _resolve_learnable(learnable, learn_threshold: bool) -> tuple[str, ...]:
+    if isinstance(learnable, str):
+        learnable = (learnable,)
+    names = tuple(dict.fromkeys(list(learnable) + (["threshold"] if learn_threshold else [])))
+    unknown = [n for n in names if n not in MODEL_FIELDS]
+    if unknown:
+        raise ValueError(f"`learnable` names {unknown}, which are not model fields; choose from {MODEL_FIELDS}")
+    return names

@@ -1,0 +1,73 @@
+"""The SPEC §1–2 model in plain, differentiable PyTorch ops: the gradient reference for the op and module.
+
+Per step (same left-to-right arithmetic as the SPEC and ``reference_numpy``)::
+
+    v*, u*   = integrate(v, u, I)                       ("euler" or "izhikevich2003")
+    x        = (v* − v_pk) / (v_pk − v_r)
+    s        = (v* >= v_pk)                             hard spike, as the kernel fires
+    spike    = s + (sg − sg.detach()),  sg = spike_grad(x)     forward value exactly s; gradient of spike_grad
+    v', u'   = where(s, c, v*), where(s, u* + d, u*)    reset with the spike detached
+
+The time loop iterates ``current.unbind(0)`` (indexing ``current[t]`` makes the backward quadratic in T).
+"""
+
+from __future__ import annotations
+
+import snntorch.surrogate
+import torch
+
+PARAM_NAMES = (
+    "potential_rest", "potential_reset", "resistance", "threshold",
+    "recovery_timescale", "recovery_sensitivity", "recovery_update",
+)
+
+
+def _f(v, u, i, p):
+    return 0.04 * v * v + 5.0 * v + 140.0 - u + p["resistance"] * i
+
+
+def integrate(v, u, i, p, dt, scheme):
+    """One step before spike detection: ``(v*, u*)``."""
+    a, b = p["recovery_timescale"], p["recovery_sensitivity"]
+    if scheme == "euler":
+        return v + dt * _f(v, u, i, p), u + dt * a * (b * v - u)
+    if scheme == "izhikevich2003":
+        half = 0.5 * dt
+        v_half = v + half * _f(v, u, i, p)
+        v_star = v_half + half * _f(v_half, u, i, p)
+        return v_star, u + dt * a * (b * v_star - u)
+    raise ValueError(f"unknown scheme {scheme!r}")
+
+
+def reference_run(current, v0, u0, params: dict, dt=1.0, scheme="euler", spike_grad=None):
+    """Run ``current`` ``[T, B, *units]`` from ``(v0, u0)``; returns ``(spikes, x, v, u)``, each ``[T, B, *units]``.
+
+    ``params`` maps the seven Spark field names to tensors broadcastable to the units. ``spike_grad``
+    follows snnTorch (``None`` -> ``snntorch.surrogate.atan(alpha=2.0)``).
+    """
+    missing = set(PARAM_NAMES) - set(params)
+    if missing:
+        raise KeyError(f"params lacks {sorted(missing)}")
+    spike_grad = snntorch.surrogate.atan(alpha=2.0) if spike_grad is None else spike_grad
+    p = params
+    v, u = v0, u0
+    traces = {"spikes": [], "x": [], "v": [], "u": []}
+    for i in current.unbind(0):
+        v_star, u_star = integrate(v, u, i, p, dt, scheme)
+        x = (v_star - p["threshold"]) / (p["threshold"] - p["potential_rest"])
+        hard = (v_star >= p["threshold"]).detach()
+        sg = spike_grad(x)
+        spike = hard.to(x.dtype) + (sg - sg.detach())
+        v = torch.where(hard, p["potential_reset"], v_star)
+        u = torch.where(hard, u_star + p["recovery_update"], u_star)
+        for k, val in zip(traces, (spike, x, v, u)):
+            traces[k].append(val)
+    return tuple(torch.stack(traces[k]) for k in traces)
+
+
+def default_params(units=(), dtype=torch.float64, **overrides) -> dict:
+    """SPEC defaults (overridable) as full ``units``-shaped tensors, ready to ``requires_grad_``."""
+    values = dict(potential_rest=-65.0, potential_reset=-65.0, resistance=0.1, threshold=30.0,
+                  recovery_timescale=0.02, recovery_sensitivity=0.2, recovery_update=2.0)
+    values.update(overrides)
+    return {k: torch.as_tensor(values[k], dtype=dtype).expand(units).clone() for k in PARAM_NAMES}

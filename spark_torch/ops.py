@@ -55,6 +55,7 @@ def _setup_context(ctx, inputs, output):
     current, v0, u0, params, dt, scheme = inputs
     spikes, _, v, u = output
     ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
+    ctx.mark_non_differentiable(spikes)  # 0/1 values: gradients come through x (the surrogate's input)
     ctx.dt, ctx.scheme = dt, scheme
 
 

@@ -183,10 +183,13 @@ class IzhikevichSoma(snn.Leaky):
         step_input = not self.sequence
         self._check_input(cur, "cur", sequence=self.sequence)
         if not self.built:
+            if torch.compiler.is_compiling():
+                raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
+                                   "`units=...`, call `build(...)`, or run one eager call first")
             self.build(tuple(cur.shape[1:] if step_input else cur.shape[2:]), dtype=cur.dtype, device=cur.device)
         self._check_params_match(cur)
-        batch_shape = tuple(cur.shape[1:] if step_input else cur.shape[1:2]) if not step_input else tuple(cur.shape)
-        v0, u0 = self._initial_state(mem, batch_shape if step_input else tuple(cur.shape[1:]), cur.dtype)
+        state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
+        v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
         sequence = cur.unsqueeze(0) if step_input else cur
         spikes, x, v, u = izhikevich_scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
                                           float(self.config.dt), self.config.scheme)

@@ -1,0 +1,169 @@
+"""IzhikevichSoma against the pure-PyTorch reference: values, gradients, sequence == steps, presets."""
+
+import pytest
+import snntorch as snn
+import snntorch.surrogate as surrogate
+import torch
+from torch.testing import assert_close
+
+from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, preset
+from spark_torch.config import SCHEMES
+
+from reference_torch import PARAM_NAMES, reference_run
+
+SPEC_COUNTS = {"RS": 22, "IB": 31, "CH": 75, "FS": 110, "TC": 201, "RZ": 143, "LTS": 69}
+
+
+class _BoxcarSpike(torch.autograd.Function):
+    """A user-written surrogate: Heaviside forward, boxcar (|x| < 0.5) backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x > 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad * (x.abs() < 0.5).to(grad.dtype)
+
+
+def _custom_grad(input_, grad_input, spikes):
+    return grad_input * torch.exp(-input_.abs())
+
+
+SPIKE_GRADS = {
+    "default_atan": None,
+    "fast_sigmoid": surrogate.fast_sigmoid(slope=25),
+    "sigmoid": surrogate.sigmoid(slope=5),
+    "custom_surrogate": surrogate.custom_surrogate(_custom_grad),
+    "autograd_function": _BoxcarSpike.apply,
+    "lambda": lambda x: torch.sigmoid(4.0 * x),
+}
+
+
+def _drive(shape, dtype=torch.float64, scale=2.0):
+    return scale * torch.rand(shape, dtype=dtype)
+
+
+def _layer_params(layer):
+    return {name: getattr(layer, name) for name in PARAM_NAMES}
+
+
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("grad_name", list(SPIKE_GRADS))
+def test_sequence_values_and_gradients_match_reference(scheme, grad_name):
+    spike_grad = SPIKE_GRADS[grad_name]
+    T, B, N = 25, 3, 6
+    layer = IzhikevichSoma(resistance=10.0, scheme=scheme, sequence=True, units=(N,), spike_grad=spike_grad,
+                           learnable=PARAM_NAMES, recovery_update=8.0)
+    layer.double()
+    cur = _drive((T, B, N)).requires_grad_()
+    mem0 = (0.3 * torch.rand(B, N, dtype=torch.float64)).requires_grad_()
+    spk, mem = layer(cur, mem0)
+
+    ref_params = {k: v.detach().clone().requires_grad_() for k, v in _layer_params(layer).items()}
+    cur_ref = cur.detach().clone().requires_grad_()
+    mem0_ref = mem0.detach().clone().requires_grad_()
+    v_r, v_pk = ref_params["potential_rest"], ref_params["threshold"]
+    v0 = v_r + mem0_ref * (v_pk - v_r)
+    spk_ref, _, v_ref, _ = reference_run(cur_ref, v0, ref_params["recovery_sensitivity"] * v0, ref_params,
+                                         scheme=scheme, spike_grad=spike_grad or surrogate.atan(alpha=2.0))
+    mem_ref = (v_ref - v_r) / (v_pk - v_r)
+    assert spk_ref.sum() > 0, "the test drive must make neurons spike"
+    assert_close(spk, spk_ref, rtol=0, atol=0)
+    assert_close(mem, mem_ref, rtol=1e-12, atol=1e-12)
+
+    w_spk, w_mem = torch.randn_like(spk), torch.randn_like(mem)
+    ((spk * w_spk).sum() + (mem * w_mem).sum()).backward()
+    ((spk_ref * w_spk).sum() + (mem_ref * w_mem).sum()).backward()
+    assert_close(cur.grad, cur_ref.grad, rtol=1e-9, atol=1e-9)
+    assert_close(mem0.grad, mem0_ref.grad, rtol=1e-9, atol=1e-9)
+    for name in PARAM_NAMES:
+        assert_close(getattr(layer, name).grad, ref_params[name].grad, rtol=1e-9, atol=1e-9, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_sequence_call_equals_step_calls_bitwise(dtype, scheme):
+    T, B, N = 60, 4, 10
+    cur = _drive((T, B, N), dtype=dtype, scale=3.0)
+    seq = IzhikevichSoma(resistance=10.0, scheme=scheme, sequence=True).to(dtype)
+    steps = IzhikevichSoma(resistance=10.0, scheme=scheme).to(dtype)
+    spk_seq, mem_seq = seq(cur)
+    mem, outs = steps.init_leaky(), []
+    for cur_t in cur.unbind(0):
+        spk, mem = steps(cur_t, mem)
+        outs.append((spk, mem))
+    assert spk_seq.sum() > 0
+    assert torch.equal(spk_seq, torch.stack([s for s, _ in outs]))
+    assert torch.equal(mem_seq, torch.stack([m for _, m in outs]))
+    assert torch.equal(seq.recovery, steps.recovery) and torch.equal(seq.potential, steps.potential)
+
+
+def test_step_gradients_match_reference_through_time():
+    """BPTT over explicit step calls == the reference's gradients (input and learnables)."""
+    T, B, N = 20, 2, 5
+    layer = IzhikevichSoma(resistance=10.0, learnable=("recovery_timescale", "threshold"), units=(N,)).double()
+    cur = _drive((T, B, N)).requires_grad_()
+    mem = layer.init_leaky()
+    spikes = []
+    for cur_t in cur.unbind(0):
+        spk, mem = layer(cur_t, mem)
+        spikes.append(spk)
+    spk = torch.stack(spikes)
+    params = {k: v.detach().clone().requires_grad_() for k, v in _layer_params(layer).items()}
+    cur_ref = cur.detach().clone().requires_grad_()
+    v0 = params["potential_rest"].detach().expand(B, N)
+    spk_ref, *_ = reference_run(cur_ref, v0, (params["recovery_sensitivity"] * params["potential_rest"]).detach()
+                                .expand(B, N), params)
+    assert torch.equal(spk, spk_ref)
+    spk.sum().backward()
+    spk_ref.sum().backward()
+    assert_close(cur.grad, cur_ref.grad, rtol=1e-9, atol=1e-9)
+    for name in ("recovery_timescale", "threshold"):
+        assert_close(getattr(layer, name).grad, params[name].grad, rtol=1e-9, atol=1e-9)
+
+
+def test_gradcheck_in_smooth_region():
+    """float64 gradcheck of the input and the initial membrane where no spike occurs."""
+    layer = IzhikevichSoma(sequence=True, units=(3,)).double()
+    cur = (0.5 * torch.rand(5, 2, 3, dtype=torch.float64)).requires_grad_()
+    mem0 = (0.1 * torch.rand(2, 3, dtype=torch.float64)).requires_grad_()
+    spk, _ = layer(cur, mem0)
+    assert spk.sum() == 0
+    assert torch.autograd.gradcheck(lambda c, m: layer(c, m)[1], (cur, mem0))
+
+
+@pytest.mark.parametrize("name", list(SPEC_COUNTS))
+def test_paper_classes_through_module_match_spec_counts(name):
+    layer = IzhikevichSoma(preset(name), sequence=True).double()
+    spk, _ = layer(torch.full((1000, 1, 1), 100.0, dtype=torch.float64))
+    assert int(spk.sum()) == SPEC_COUNTS[name]
+
+
+def test_paper_classes_float32_within_tolerance():
+    for name, count in SPEC_COUNTS.items():
+        spk, _ = IzhikevichSoma(preset(name), sequence=True)(torch.full((1000, 1, 1), 100.0))
+        assert abs(int(spk.sum()) - count) <= 2, name
+
+
+def test_spec_worked_example_membrane_in_normalized_units():
+    layer = IzhikevichSoma().double()
+    mem, mems, spikes = None, [], []
+    for _ in range(5):
+        spk, mem = layer(torch.full((1, 1), 100.0, dtype=torch.float64), mem)
+        mems.append(float(mem)), spikes.append(float(spk))
+    expected_v = [-58.0, -50.44, -37.900256, -7.03004, -65.0]
+    assert mems == pytest.approx([(v + 65.0) / 95.0 for v in expected_v], abs=1e-7)
+    assert spikes == [0, 0, 0, 0, 1]
+    assert float(layer.recovery) == pytest.approx(-10.579602, abs=1e-6)
+    assert float(layer.potential) == -65.0
+
+
+def test_heterogeneous_config_and_image_units():
+    config = IzhikevichSomaConfig(resistance=10.0, recovery_timescale=torch.tensor([0.02, 0.1]).reshape(2, 1, 1))
+    layer = IzhikevichSoma(config)
+    spk, mem = layer(torch.rand(3, 2, 4, 5))
+    assert layer.units == (2, 4, 5) and spk.shape == mem.shape == (3, 2, 4, 5)
+    assert torch.equal(layer.recovery_timescale[:, 0, 0], torch.tensor([0.02, 0.1]))

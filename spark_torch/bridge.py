@@ -27,6 +27,17 @@ import warnings
 import jax
 import jax.dlpack
 import torch
+import torch.utils.dlpack
+
+try:  # JAX's own import primitive, without the public wrapper's ~40 µs of per-call Python checks.
+    from jax._src.lib import _jax as _jax_ext
+    from jax._src import xla_bridge as _xla_bridge
+
+    _CPU_DEVICE = _xla_bridge.get_backend("cpu").device_from_local_hardware_id(0)
+    _fast_import = _jax_ext.dlpack_managed_tensor_to_buffer
+    _fast_import(torch.utils.dlpack.to_dlpack(torch.zeros(1)), _CPU_DEVICE, None, False, 1)  # probe the signature
+except Exception:  # pragma: no cover - other JAX versions: the public API is always correct
+    _fast_import = None
 
 ALIGNMENT_BYTES = 64
 
@@ -73,12 +84,44 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     tensor = tensor.detach()
     if not shares_memory_layout(tensor):
         tensor = _explicit_copy(tensor, name)
-    array = jax.dlpack.from_dlpack(tensor, copy=False)
+    if _fast_import is not None and tensor.device.type == "cpu":
+        array = _fast_import(torch.utils.dlpack.to_dlpack(tensor), _CPU_DEVICE, None, False, 1)
+        if array.dtype.itemsize == 8 and not jax.config.jax_enable_x64:
+            array = jax.dlpack.from_dlpack(tensor, copy=False)  # let the public path apply JAX's x64 rule
+    else:
+        array = jax.dlpack.from_dlpack(tensor, copy=False)
     expected = str(tensor.dtype).removeprefix("torch.")
     if array.dtype.name != expected:
         raise TypeError(
             f"`{name}` has dtype {tensor.dtype} but reached JAX as {array.dtype.name}: 64-bit tensors "
             "must cross inside spark_torch.kernel.precision_scope (jax x64); refusing to downcast")
+    return array
+
+
+_shared_views: "collections.OrderedDict[tuple, tuple[torch.Tensor, jax.Array]]" = collections.OrderedDict()
+_SHARED_VIEWS_MAX = 256
+
+
+def to_jax_shared(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
+    """:func:`to_jax` for long-lived tensors (module parameters), reusing the JAX view of their memory.
+
+    The JAX array aliases the tensor's storage, so in-place updates (optimizer steps) are seen by the
+    next kernel call; the cache entry keeps the storage alive, so its address cannot be reused by
+    another tensor while cached. Tensors that would need a copy are never cached (a copy would go stale).
+    """
+    tensor = tensor.detach()
+    if not shares_memory_layout(tensor):
+        return to_jax(tensor, name)
+    key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device,
+           bool(jax.config.jax_enable_x64))
+    hit = _shared_views.get(key)
+    if hit is not None:
+        _shared_views.move_to_end(key)
+        return hit[1]
+    array = to_jax(tensor, name)
+    _shared_views[key] = (tensor, array)
+    if len(_shared_views) > _SHARED_VIEWS_MAX:
+        _shared_views.popitem(last=False)
     return array
 
 

@@ -389,3 +389,11 @@ class IzhikevichSomaConfig:
         body = ", ".join(f"{f.name}={_summary(getattr(self, f.name))}"
                          for f in dataclasses.fields(self))
         return f"{type(self).__name__}({body})"
+
+
+def config_reference_markdown() -> str:
+    """The README's config table, generated from the fields' own metadata (a test keeps them equal)."""
+    rows = ["| field | symbol | unit | default | meaning |", "|---|---|---|---|---|"]
+    for name, info in IzhikevichSomaConfig.field_info().items():
+        rows.append(f"| `{name}` | {info['symbol']} | {info['unit']} | `{info['default']!r}` | {info['description']} |")
+    return "\n".join(rows)

@@ -95,7 +95,7 @@ def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme):
 
 
 def _params_to_jax(params) -> IzhikevichParams:
-    return IzhikevichParams(*(bridge.to_jax(p, name) for p, name in zip(params, IzhikevichParams._fields)))
+    return IzhikevichParams(*(bridge.to_jax_shared(p, name) for p, name in zip(params, IzhikevichParams._fields)))
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

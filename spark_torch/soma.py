@@ -21,6 +21,10 @@ since) continues from the exact internal state ``(v, u)``; if it no longer requi
 fresh trajectory with ``v = v_r + mem·(v_pk − v_r)`` and ``u = b·v`` (the paper's initial
 condition; zeros give exactly the rest state ``v = v_r, u = b·v_r``). A batch-size change, ``reset()``
 and ``reset_mem()`` start from the rest state, treated as a constant (like snnTorch's zero state).
+
+Calls without ``mem``: in step mode (snnTorch's convention) the layer continues from its own state;
+with ``sequence=True`` and ``init_hidden=False`` every sequence starts from rest (like ``nn.RNN``
+without ``h0``); with ``init_hidden=True`` state carries across calls until a reset.
 """
 
 from __future__ import annotations
@@ -189,7 +193,10 @@ class IzhikevichSoma(snn.Leaky):
             self.build(tuple(cur.shape[1:] if step_input else cur.shape[2:]), dtype=cur.dtype, device=cur.device)
         self._check_params_match(cur)
         state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
-        v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
+        if self.sequence and mem is None and not self.init_hidden:
+            v0, u0 = self._rest_state(state_shape, cur.dtype)  # like nn.RNN without h0: each sequence from rest
+        else:
+            v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
         sequence = cur.unsqueeze(0) if step_input else cur
         spikes, x, v, u = izhikevich_scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
                                           float(self.config.dt), self.config.scheme)

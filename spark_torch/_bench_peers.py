@@ -1,0 +1,416 @@
+"""Contenders for :mod:`spark_torch.bench` (not part of the library's API).
+
+Every contender runs the RS workload of the benchmark on one input ``I`` ``[T, B, N]`` float32 given
+in *drive* units (``R·I`` in mV/ms, i.e. ``resistance = 1``). Each exposes ``setup(I)``, ``fwd()``
+(inference, under ``torch.no_grad``), ``fwdbwd()`` (``loss = spikes.sum()`` or a weighted sum, then
+backward to the input) and ``counts()`` (per-neuron spike counts of one forward, ``int64 [B*N]``).
+``same_model`` says whether it computes the same Izhikevich model as spark_torch (SPEC §1, euler,
+``v* >= v_pk``, hard reset); peers that parameterise differently say what they compute instead.
+A peer that cannot be imported raises :class:`Unavailable` from its constructor: it is reported as
+skipped, never replaced by something else.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+# RS neuron of Izhikevich (2003), the workload of issue 4.
+A, B_, C, D, V_R, V_PK, DT, SLOPE = 0.02, 0.2, -65.0, 8.0, -65.0, 30.0, 1.0, 25.0
+
+
+class Unavailable(Exception):
+    """The peer's package is not importable here; the contender is skipped with this reason."""
+
+
+class Contender:
+    name = ""
+    label = ""
+    same_model = "yes"  # "yes" | "forward only" | "variant: ..." | "no: ..."
+    note = ""
+
+    def __init__(self, loss="sum"):
+        self.loss = loss
+
+    def setup(self, current: torch.Tensor) -> None:
+        self.I = current
+        self.x = current.detach().clone().requires_grad_(True)
+        self.w = None if self.loss == "sum" else torch.rand(current.shape, generator=torch.Generator().manual_seed(1))
+
+    def run(self, inp: torch.Tensor) -> torch.Tensor:  # spikes [T, B, N]
+        raise NotImplementedError
+
+    def fwd(self):
+        with torch.no_grad():
+            return self.run(self.I)
+
+    def fwdbwd(self):
+        self.x.grad = None
+        spk = self.run(self.x)
+        (spk.sum() if self.w is None else (spk * self.w).sum()).backward()
+
+    def counts(self) -> np.ndarray:
+        with torch.no_grad():
+            spk = self.run(self.I)
+        return spk.sum(0).reshape(-1).to(torch.int64).numpy()
+
+
+def _fast_sigmoid():
+    from snntorch import surrogate
+    return surrogate.fast_sigmoid(slope=SLOPE)
+
+
+# ----------------------------------------------------------------------------------- spark_torch
+class SparkSequence(Contender):
+    name, label = "spark_seq", "spark_torch sequence"
+    note = "IzhikevichSoma(sequence=True), one custom-op call forward, one backward"
+
+    def setup(self, current):
+        super().setup(current)
+        from spark_torch import IzhikevichSoma
+        self.layer = IzhikevichSoma(sequence=True, resistance=1.0, recovery_update=D, spike_grad=_fast_sigmoid())
+
+    def run(self, inp):
+        self.layer.reset()
+        return self.layer(inp)[0]
+
+
+class SparkStep(Contender):
+    name, label = "spark_step", "spark_torch step loop"
+    note = "IzhikevichSoma step mode: `spk, mem = layer(x_t, mem)` for x_t in I.unbind(0) (snnTorch style)"
+
+    def setup(self, current):
+        super().setup(current)
+        from spark_torch import IzhikevichSoma
+        self.layer = IzhikevichSoma(resistance=1.0, recovery_update=D, spike_grad=_fast_sigmoid())
+
+    def run(self, inp):
+        self.layer.reset()
+        mem = self.layer.reset_mem()
+        out = []
+        for cur in inp.unbind(0):
+            spk, mem = self.layer(cur, mem)
+            out.append(spk)
+        return torch.stack(out)
+
+
+class JaxDirect(Contender):
+    """The spark_torch JAX kernel called directly (no torch, no DLPack): the bridge-overhead baseline.
+
+    Keep in step with what :mod:`spark_torch.ops` calls. Uses ``kernel.simulate_forward`` /
+    ``kernel.simulate_backward`` (with the fast-sigmoid derivative applied in JAX between them);
+    falls back to ``jax.vjp`` of ``kernel.simulate`` if that API is not there.
+    """
+
+    name, label = "jax_direct", "spark kernel direct (JAX)"
+
+    def setup(self, current):
+        import jax
+        import jax.numpy as jnp
+        from spark_torch import kernel
+        self.jax, self.kernel = jax, kernel
+        T, Bn, N = current.shape
+        f32 = jnp.float32
+        full = lambda v: jnp.full((N,), v, f32)  # noqa: E731  (per-neuron, as the layer's buffers)
+        self.params = kernel.IzhikevichParams(full(V_R), full(C), full(1.0), full(V_PK), full(A), full(B_), full(D))
+        self.state = kernel.IzhikevichState(jnp.full((Bn, N), V_R, f32), jnp.full((Bn, N), B_ * V_R, f32))
+        self.Ij = jnp.asarray(current.numpy())
+        self.wj = None if self.loss == "sum" else jnp.asarray(
+            torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy())
+        self.dsg = jax.jit(lambda x, w: (1.0 if w is None else w) / (SLOPE * jnp.abs(x) + 1.0) ** 2)
+        self.path = "simulate_forward/simulate_backward"
+        try:
+            jax.block_until_ready(self._fwdbwd_split())
+        except (TypeError, AttributeError):
+            self.path = "jax.vjp(kernel.simulate)"
+        self.note = f"JAX kernel without the torch bridge, via {self.path}"
+
+    def _fwd(self):
+        return self.kernel.simulate_forward(self.Ij, self.state, self.params, dt=DT, scheme="euler")
+
+    def _fwdbwd_split(self):
+        traj = self._fwd()
+        g_x = self.dsg(traj.x, self.wj)
+        return self.kernel.simulate_backward(self.Ij, self.state, self.params, traj, (g_x, None, None),
+                                             dt=DT, scheme="euler")
+
+    def _fwdbwd_vjp(self):
+        traj, vjp = self.jax.vjp(lambda i: self.kernel.simulate(i, self.state, self.params, DT, "euler"), self.Ij)
+        ct = traj._replace(spikes=np.zeros(traj.spikes.shape, self.jax.dtypes.float0), x=self.dsg(traj.x, self.wj),
+                           v=self.jax.numpy.zeros_like(traj.v), u=self.jax.numpy.zeros_like(traj.u))
+        return vjp(ct)
+
+    def fwd(self):
+        return self.jax.block_until_ready(self._fwd() if self.path.startswith("simulate_forward")
+                                          else self.kernel.simulate(self.Ij, self.state, self.params, DT, "euler"))
+
+    def fwdbwd(self):
+        return self.jax.block_until_ready(self._fwdbwd_split() if self.path.startswith("simulate_forward")
+                                          else self._fwdbwd_vjp())
+
+    def counts(self):
+        return np.asarray(self.fwd().spikes).sum(0).reshape(-1).astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------- plain PyTorch
+class FastSigmoid(torch.autograd.Function):
+    """Heaviside forward (``x >= 0``, as the kernel fires), snnTorch's fast-sigmoid derivative backward."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        return (x >= 0).to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return grad / (SLOPE * x.abs() + 1.0) ** 2
+
+
+def izh_step(v, u, i):
+    """One euler step of the RS model; hard reset with the spike detached. Returns ``spk, v, u``."""
+    v_star = v + DT * (0.04 * v * v + 5.0 * v + 140.0 - u + i)
+    u_star = u + DT * A * (B_ * v - u)
+    spk = FastSigmoid.apply((v_star - V_PK) / (V_PK - V_R))
+    s = spk.detach() > 0
+    return spk, torch.where(s, C, v_star), torch.where(s, u_star + D, u_star)
+
+
+def izh_loop(current):
+    """The "write it yourself" baseline: a ``for cur_t in I.unbind(0)`` loop of :func:`izh_step`."""
+    v = torch.full_like(current[0], V_R)
+    u = torch.full_like(current[0], B_ * V_R)
+    out = []
+    for cur in current.unbind(0):
+        spk, v, u = izh_step(v, u, cur)
+        out.append(spk)
+    return torch.stack(out)
+
+
+class TorchEager(Contender):
+    name, label = "torch_eager", "PyTorch eager loop"
+    note = "same model in plain torch ops, FastSigmoid autograd.Function, `for cur in I.unbind(0)`"
+
+    def run(self, inp):
+        return izh_loop(inp)
+
+
+class TorchCompileLoop(Contender):
+    name, label = "torch_compile_loop", "torch.compile (whole loop)"
+    note = "torch.compile(izh_loop): the T-step loop unrolled into one graph; compile time reported separately"
+
+    def setup(self, current):
+        super().setup(current)
+        torch._dynamo.reset()
+        self.fn = torch.compile(izh_loop)
+
+    def run(self, inp):
+        return self.fn(inp)
+
+
+class TorchCompileStep(Contender):
+    name, label = "torch_compile_step", "torch.compile (step)"
+    note = "torch.compile(izh_step) called in a Python loop over I.unbind(0)"
+
+    def setup(self, current):
+        super().setup(current)
+        torch._dynamo.reset()
+        self.step = torch.compile(izh_step)
+
+    def run(self, inp):
+        v = torch.full_like(inp[0], V_R)
+        u = torch.full_like(inp[0], B_ * V_R)
+        out = []
+        for cur in inp.unbind(0):
+            spk, v, u = self.step(v, u, cur)
+            out.append(spk)
+        return torch.stack(out)
+
+
+# ----------------------------------------------------------------------------------- peers
+class SnnLeaky(Contender):
+    name, label = "snn_leaky", "snnTorch Leaky (LIF)"
+    same_model = "no: LIF, for scale"
+    note = "snn.Leaky(beta=0.9, fast_sigmoid(25)) step loop; input I/100 (a LIF, so counts are not compared)"
+
+    def setup(self, current):
+        super().setup(current)
+        import snntorch as snn
+        self.lif = snn.Leaky(beta=0.9, spike_grad=_fast_sigmoid())
+
+    def run(self, inp):
+        mem = self.lif.reset_mem()
+        out = []
+        for cur in inp.unbind(0):
+            spk, mem = self.lif(cur * 0.01, mem)
+            out.append(spk)
+        return torch.stack(out)
+
+
+class NorseIzhikevich(Contender):
+    name, label = "norse", "Norse Izhikevich"
+    same_model = "forward only"
+
+    def __init__(self, loss="sum"):
+        super().__init__(loss)
+        try:
+            from norse.torch.functional import izhikevich as nf
+            from norse.torch.module.izhikevich import Izhikevich
+        except Exception as e:  # norse's top package imports nir/h5py; torchvision may break it too
+            raise Unavailable(f"norse not importable ({type(e).__name__}: {e})") from None
+        self.nf, self.cls = nf, Izhikevich
+        self.note = ("norse.torch.Izhikevich, tau_inv=1, dt=1 ms (default tau_inv*dt=0.25); same euler forward but "
+                     "spikes on v*>v_pk, reset NOT detached, SuperSpike 1/(|v*-v_pk|+1)^2 in mV (alpha unused), "
+                     "indexes input[ts]")
+
+    def setup(self, current):
+        super().setup(current)
+        p = self.nf.IzhikevichParameters(a=A, b=B_, c=C, d=D, v_th=V_PK, tau_inv=1.0, method="super")
+        s = self.nf.IzhikevichState(v=torch.tensor(V_R), u=torch.tensor(B_ * V_R))
+        self.mod = self.cls(self.nf.IzhikevichSpikingBehavior(p=p, s=s), dt=DT)
+
+    def run(self, inp):
+        return self.mod(inp)[0]
+
+
+class SpikingJellyIzhikevich(Contender):
+    name, label = "spikingjelly", "SpikingJelly IzhikevichNode"
+    same_model = "variant: u from the new v"
+
+    def __init__(self, loss="sum"):
+        super().__init__(loss)
+        try:
+            from spikingjelly.activation_based import functional, neuron, surrogate
+        except Exception as e:
+            raise Unavailable(f"spikingjelly not importable ({type(e).__name__}: {e})") from None
+        self.functional, self.neuron, self.surrogate = functional, neuron, surrogate
+        # 0.04 v^2 + 5 v + 140 = 0.04 (v - r1)(v - r2); SJ's w = u - b*r2 absorbs the offset of a(b(v - rest) - w).
+        disc = math.sqrt(5.0 ** 2 - 4 * 0.04 * 140.0)
+        self.r1, self.r2 = (-5.0 + disc) / 0.08, (-5.0 - disc) / 0.08
+        self.k = -B_ * self.r2
+        self.note = (f"IzhikevichNode(a0=0.04, v_rest={self.r2:.3f}, v_c={self.r1:.3f}, tau_w=1/a, a=b, b=d, tau=1), "
+                     f"input I+{self.k:.3f}, w0=u0+{self.k:.3f}: the RS model but u* uses v* (semi-implicit), "
+                     "SoftSign(25/95) surrogate in mV, multi-step mode")
+
+    def setup(self, current):
+        super().setup(current)
+        self.I = current + self.k
+        self.x = self.I.detach().clone().requires_grad_(True)
+        self.node = self.neuron.IzhikevichNode(
+            tau=2.0, v_c=self.r1, a0=0.04, v_threshold=V_PK, v_reset=C, v_rest=self.r2,
+            w_rest=B_ * V_R + self.k, tau_w=1.0 / A, a=B_, b=D, surrogate_function=self.surrogate.SoftSign(
+                alpha=SLOPE / (V_PK - V_R)), detach_reset=True, step_mode="m")
+        self.node.tau = 1.0  # the 2003 model at dt = 1 ms; the constructor only asserts tau > 1
+
+    def run(self, inp):
+        self.functional.reset_net(self.node)
+        return self.node(inp)
+
+
+# ----------------------------------------------------------------------------------- hand-fused anchor
+_NUMBA_KERNELS = None
+
+
+def _numba_kernels():
+    global _NUMBA_KERNELS
+    if _NUMBA_KERNELS is None:
+        from numba import njit
+
+        @njit(parallel=False, fastmath=False, cache=False)
+        def fwd(I, spk, vs, us, save, block):
+            T, M = I.shape
+            f = np.float32
+            vloc, uloc = np.empty(block, np.float32), np.empty(block, np.float32)
+            for j0 in range(0, M, block):
+                n = min(block, M - j0)
+                vloc[:n] = f(V_R)
+                uloc[:n] = f(B_ * V_R)
+                for t in range(T):
+                    for j in range(n):
+                        v, u = vloc[j], uloc[j]
+                        if save:
+                            vs[t, j0 + j] = v
+                            us[t, j0 + j] = u
+                        vst = v + f(DT) * (f(0.04) * v * v + f(5.0) * v + f(140.0) - u + I[t, j0 + j])
+                        ust = u + f(DT) * f(A) * (f(B_) * v - u)
+                        if vst >= f(V_PK):
+                            spk[t, j0 + j] = f(1.0)
+                            vloc[j], uloc[j] = f(C), ust + f(D)
+                        else:
+                            spk[t, j0 + j] = f(0.0)
+                            vloc[j], uloc[j] = vst, ust
+            return spk
+
+        @njit(parallel=False, fastmath=False, cache=False)
+        def bwd(I, vs, us, w, gI, block):
+            T, M = I.shape
+            f = np.float32
+            gvl, gul = np.empty(block, np.float32), np.empty(block, np.float32)
+            scale = f(1.0) / f(V_PK - V_R)
+            for j0 in range(0, M, block):
+                n = min(block, M - j0)
+                gvl[:n] = f(0.0)
+                gul[:n] = f(0.0)
+                for t in range(T - 1, -1, -1):
+                    for j in range(n):
+                        v, u = vs[t, j0 + j], us[t, j0 + j]
+                        vst = v + f(DT) * (f(0.04) * v * v + f(5.0) * v + f(140.0) - u + I[t, j0 + j])
+                        x = (vst - f(V_PK)) * scale
+                        den = f(SLOPE) * abs(x) + f(1.0)
+                        gx = w[t, j0 + j] / (den * den)
+                        gvs = gx * scale + (f(0.0) if vst >= f(V_PK) else gvl[j])
+                        gus = gul[j]
+                        gI[t, j0 + j] = gvs * f(DT)
+                        gvl[j] = gvs * (f(1.0) + f(DT) * (f(0.08) * v + f(5.0))) + gus * f(DT * A * B_)
+                        gul[j] = gus * (f(1.0) - f(DT * A)) - gvs * f(DT)
+            return gI
+
+        _NUMBA_KERNELS = (fwd, bwd)
+    return _NUMBA_KERNELS
+
+
+class NumbaFused(Contender):
+    """Hand-fused reference loop (not part of the library): a block of neurons stays in L1 for all T steps.
+
+    Forward saves the pre-step ``(v, u)`` (float32) and emits float32 spikes; backward re-integrates each
+    step from them, applies the fast-sigmoid derivative and the detached hard reset. Output buffers are
+    allocated once and reused (BRIDGE_NOTES 17: the best case of a hand-written loop).
+    """
+
+    name, label = "numba_fused", "hand-fused loop (Numba)"
+    note = ("Numba @njit(parallel=False) fwd+bwd over blocks of 256 neurons; the 1.5x anchor. Its 4 [T,B,N] "
+            "buffers (spk, v, u, grad) are allocated once in setup and reused, so its 'extra memory' reads ~0")
+    BLOCK = 256
+
+    def __init__(self, loss="sum"):
+        super().__init__(loss)
+        try:
+            import numba  # noqa: F401
+        except Exception as e:
+            raise Unavailable(f"numba not importable ({e})") from None
+
+    def setup(self, current):
+        T = current.shape[0]
+        self.In = np.ascontiguousarray(current.numpy().reshape(T, -1))
+        self.shape = current.shape
+        self.spk, self.vs, self.us, self.gI = (np.empty_like(self.In) for _ in range(4))
+        self.wn = (np.ones_like(self.In) if self.loss == "sum" else
+                   torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy().reshape(T, -1))
+        self.kf, self.kb = _numba_kernels()
+
+    def fwd(self):
+        return self.kf(self.In, self.spk, self.vs, self.us, False, self.BLOCK)
+
+    def fwdbwd(self):
+        self.kf(self.In, self.spk, self.vs, self.us, True, self.BLOCK)
+        return self.kb(self.In, self.vs, self.us, self.wn, self.gI, self.BLOCK)
+
+    def counts(self):
+        return self.fwd().sum(0).astype(np.int64)
+
+
+ALL = [SparkSequence, SparkStep, JaxDirect, TorchEager, TorchCompileLoop, TorchCompileStep, NorseIzhikevich,
+       SpikingJellyIzhikevich, SnnLeaky, NumbaFused]
+BY_NAME = {c.name: c for c in ALL}

@@ -1,0 +1,370 @@
+r"""Side-by-side CPU benchmark of trainable Izhikevich layers (issue 4): ``python -m spark_torch.bench``.
+
+Workload: RS neurons (a=0.02, b=0.2, c=-65, d=8; v_r=-65, v_pk=30 mV; euler, dt=1 ms), float32,
+input ``I = LEVEL + NOISE·N(0,1)`` (drive units, ``R·I`` in mV/ms; seed 0) with ``LEVEL`` calibrated
+once (:func:`calibrate`) so that the model fires ~34 Hz over T=100 ms. Surrogate: snnTorch
+``fast_sigmoid(slope=25)`` on ``x = (v*-v_pk)/(v_pk-v_r)``. Modes: ``fwd`` (inference, no_grad) and
+``fwdbwd`` (``loss = spikes.sum()``, or ``--loss weighted``; backward to the input).
+
+Method: all contenders in one process; per size and mode, each is called once (its *first call*,
+compile included, reported separately) and ``--warmup`` more times (excluded), then ``--rounds``
+interleaved rounds (one call of each contender per round, rotating the order). Reported: median,
+IQR and min/max in ms. A contender whose calls are slow gets fewer rounds (``--budget-s`` per size
+and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
+float32 may differ by rounding (SPEC §1: ±2 per 1000 ms), so a neuron "disagrees" when it is off by
+more than ``max(2, 2·T/1000)`` spikes, and a contender is flagged when more than 1 % of neurons do.
+
+Peak extra memory of one forward+backward is measured per contender in a fresh subprocess
+(``python -m spark_torch.bench --memprobe NAME --size TxBxN``): glibc is told to serve allocations
+>= 128 KiB by mmap (``MALLOC_MMAP_THRESHOLD_``, which also disables its dynamic threshold) so that
+freed buffers leave the resident set; after two warm-up calls (compilation) and ``gc.collect()`` the
+resident set is read (VmRSS), the peak is reset (``/proc/self/clear_refs`` ← 5), one fwd+bwd runs,
+and ``VmHWM − VmRSS_before`` is reported, also as a multiple of the input tensor's bytes. It includes
+the gradient w.r.t. the input (1×). Allocator caches that keep pages mapped would hide memory; the
+method is Linux-only (else reported as unavailable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import _bench_peers as peers
+
+LEVEL, NOISE = 11.385, 2.0  # calibrate(): 34.0 Hz over T=100 (B=16, N=128, seed 0)
+SIZES = [(100, 32, 256), (100, 128, 1024), (500, 16, 128), (50, 256, 4096)]
+QUICK_SIZES = [(20, 4, 32)]
+MODES = ("fwd", "fwdbwd")
+REFERENCE = "torch_eager"
+QUICK_SKIP = ("torch_compile_loop", "torch_compile_step")  # compile takes tens of seconds
+
+
+def make_input(T, B, N, level=LEVEL, noise=NOISE, seed=0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return level + noise * torch.randn((T, B, N), generator=g, dtype=torch.float32)
+
+
+def calibrate(target_hz=34.0, T=100, B=16, N=128, noise=NOISE) -> tuple[float, float]:
+    """Bisect the input level for ``target_hz`` with the eager reference; returns ``(level, rate_hz)``."""
+    z = make_input(T, B, N, level=0.0, noise=1.0)
+    lo, hi, rate = 0.0, 40.0, 0.0
+    with torch.no_grad():
+        for _ in range(14):
+            mid = 0.5 * (lo + hi)
+            rate = peers.izh_loop(mid + noise * z).sum().item() / (B * N) / (T * peers.DT) * 1000.0
+            lo, hi = (mid, hi) if rate < target_hz else (lo, mid)
+    return mid, rate
+
+
+def _stats(ts):
+    a = np.asarray(ts) * 1e3
+    q1, med, q3 = np.percentile(a, [25, 50, 75])
+    return {"median_ms": float(med), "q1_ms": float(q1), "q3_ms": float(q3), "min_ms": float(a.min()),
+            "max_ms": float(a.max()), "n": int(a.size), "times_ms": [round(float(x), 4) for x in a]}
+
+
+def _timed(fn):
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _count_check(counts: dict, T: int) -> dict:
+    ref = counts.get(REFERENCE)
+    tol = max(2, int(np.ceil(2 * T / 1000)))
+    out = {}
+    for name, n in counts.items():
+        rec = {"total": int(n.sum()), "rate_hz": float(n.mean() / (T * peers.DT) * 1000.0)}
+        cls = peers.BY_NAME[name]
+        if ref is not None and name != REFERENCE and not cls.same_model.startswith("no"):
+            d = np.abs(n - ref)
+            frac = float((d > tol).mean())
+            rec.update(max_abs_diff=int(d.max()), frac_neurons_beyond_tol=frac, tol=tol,
+                       agrees=frac <= 0.01, same_model=cls.same_model)
+        out[name] = rec
+    return out
+
+
+def _time_size(size, contenders, args, report) -> dict:
+    T, B, N = size
+    cur = make_input(T, B, N)
+    rec = {"size": list(size), "input_bytes": cur.numel() * cur.element_size(), "timings": {m: {} for m in args.modes},
+           "first_call_s": {m: {} for m in args.modes}, "skipped": {}}
+    active = {}
+    for name, c in contenders.items():
+        if name == "torch_compile_loop" and T > args.compile_loop_max_t:
+            rec["skipped"][name] = f"T={T} > --compile-loop-max-t {args.compile_loop_max_t} (compile time)"
+            continue
+        if name == "spark_step" and args.step_max_bn and B * N > args.step_max_bn:
+            rec["skipped"][name] = f"B*N={B * N} > --step-max-bn {args.step_max_bn} (run time)"
+            continue
+        try:
+            c.setup(cur)
+            active[name] = c
+        except Exception as e:  # noqa: BLE001  a failure is reported, never hidden
+            rec["skipped"][name] = f"setup failed: {type(e).__name__}: {e}"
+    counts = {}
+    for mode in args.modes:
+        calls, rounds = {}, {}
+        for name, c in list(active.items()):
+            fn = getattr(c, mode)
+            try:
+                first = _timed(fn)
+                warm = [_timed(fn) for _ in range(args.warmup)]
+            except Exception as e:  # noqa: BLE001
+                rec["skipped"][name] = f"{mode} failed: {type(e).__name__}: {e}"
+                del active[name]
+                continue
+            rec["first_call_s"][mode][name] = first
+            per_call = min(warm) if warm else first
+            calls[name] = fn
+            rounds[name] = max(min(2, args.rounds), min(args.rounds, int(args.budget_s / max(per_call, 1e-6))))
+        times = {n: [] for n in calls}
+        names = list(calls)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[:r % len(names)] if names else []
+            for name in order:
+                if len(times[name]) < rounds[name]:
+                    times[name].append(_timed(calls[name]))
+        for name, ts in times.items():
+            rec["timings"][mode][name] = _stats(ts)
+        report(f"  {size} {mode}: " + ", ".join(f"{n} {rec['timings'][mode][n]['median_ms']:.2f}" for n in names))
+    for name, c in active.items():
+        try:
+            counts[name] = c.counts()
+        except Exception as e:  # noqa: BLE001
+            rec["skipped"][name] = f"counts failed: {e}"
+    rec["spike_counts"] = _count_check(counts, T)
+    rec["derived"] = _derived(rec, size)
+    if args.threads and "spark_seq" in active:
+        rec["threads"] = _thread_check(active, args)
+    if args.profile and "spark_seq" in active:
+        from ._bench_report import profile_spark
+        rec["profile"] = profile_spark(active["spark_seq"], active.get("jax_direct"))
+    return rec
+
+
+def _derived(rec, size) -> dict:
+    d = {}
+    for mode, tm in rec["timings"].items():
+        med = {n: s["median_ms"] for n, s in tm.items()}
+        if "spark_seq" in med and "jax_direct" in med:
+            d[f"bridge_overhead_{mode}"] = med["spark_seq"] / med["jax_direct"]
+        if "spark_seq" in med and "numba_fused" in med:
+            d[f"vs_hand_fused_{mode}"] = med["spark_seq"] / med["numba_fused"]
+        if "spark_seq" in med and REFERENCE in med:
+            d[f"speedup_vs_eager_{mode}"] = med[REFERENCE] / med["spark_seq"]
+        peer = {n: v for n, v in med.items() if n not in ("spark_seq", "spark_step", "jax_direct", "numba_fused")}
+        if "spark_seq" in med and peer:
+            best = min(peer, key=peer.get)
+            d[f"fastest_peer_{mode}"] = best
+            d[f"vs_fastest_peer_{mode}"] = med["spark_seq"] / peer[best]
+        if "spark_step" in med and "snn_leaky" in med:
+            d[f"step_vs_leaky_{mode}"] = med["spark_step"] / med["snn_leaky"]
+    if "spark_seq" in rec["first_call_s"].get("fwdbwd", {}):
+        d["spark_first_call_fwdbwd_s"] = rec["first_call_s"]["fwdbwd"]["spark_seq"]
+    return d
+
+
+def _thread_check(active, args) -> dict:
+    """spark_seq (and jax_direct) fwd+bwd with torch.set_num_threads(1) vs (2), interleaved."""
+    saved = torch.get_num_threads()
+    names = [n for n in ("spark_seq", "jax_direct") if n in active]
+    times = {f"{n}@{k}": [] for n in names for k in (1, 2)}
+    try:
+        for r in range(max(2, args.rounds)):
+            for k in ((1, 2) if r % 2 == 0 else (2, 1)):
+                torch.set_num_threads(k)
+                for n in names:
+                    times[f"{n}@{k}"].append(_timed(active[n].fwdbwd))
+    finally:
+        torch.set_num_threads(saved)
+    return {key: _stats(ts[1:] if len(ts) > 2 else ts) for key, ts in times.items()}
+
+
+def _memprobe_main(name, size, loss) -> dict:
+    """Run inside a fresh process: peak extra resident memory of one fwd+bwd (see module docs)."""
+    T, B, N = size
+    cur = make_input(T, B, N)
+    c = peers.BY_NAME[name](loss=loss)
+    c.setup(cur)
+    first = _timed(c.fwdbwd)
+    c.fwdbwd()
+    gc.collect()
+
+    def status(key):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+        raise KeyError(key)
+    base = status("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")
+    c.fwdbwd()
+    peak = status("VmHWM")
+    in_bytes = cur.numel() * cur.element_size()
+    return {"contender": name, "size": list(size), "extra_bytes": peak - base, "input_bytes": in_bytes,
+            "extra_x_input": (peak - base) / in_bytes, "first_call_fresh_process_s": first,
+            "method": "VmHWM - VmRSS after warm-up, MALLOC_MMAP_THRESHOLD_=131072, fresh process"}
+
+
+def _memory(names, size, args, report) -> list:
+    out = []
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=os.pathsep.join(
+        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
+    for name in names:
+        cmd = [sys.executable, "-m", "spark_torch.bench", "--memprobe", name, "--size", "x".join(map(str, size)),
+               "--loss", args.loss]
+        try:
+            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.memprobe_timeout)
+            res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {
+                "contender": name, "size": list(size), "error": p.stderr.strip().splitlines()[-1:] or ["failed"]}
+        except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
+            res = {"contender": name, "size": list(size), "error": [f"{type(e).__name__}: {e}"]}
+        report(f"  memory {name} {size}: " + (f"{res['extra_x_input']:.2f}x input" if "extra_x_input" in res
+                                               else f"error {res['error']}"))
+        out.append(res)
+    return out
+
+
+def run(args, report=print) -> dict:
+    t_start = time.perf_counter()
+    sizes = QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
+    results = {
+        "meta": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+                 "processor": platform.processor(), "cpu_count": os.cpu_count(),
+                 "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
+                 "rounds": args.rounds, "warmup": args.warmup, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+                 "loadavg_start": list(os.getloadavg())},
+        "workload": {"neuron": "RS a=0.02 b=0.2 c=-65 d=8, v_r=-65, v_pk=30, euler, dt=1 ms", "dtype": "float32",
+                     "input": f"I = {LEVEL} + {NOISE}*N(0,1) mV/ms (R*I), seed 0; ~34 Hz at T=100",
+                     "surrogate": "fast_sigmoid(slope=25) on x=(v*-v_pk)/(v_pk-v_r)",
+                     "loss": "spikes.sum()" if args.loss == "sum" else "(spikes*w).sum(), w~U(0,1)",
+                     "modes": list(args.modes)},
+        "contenders": {}, "sizes": [], "memory": [],
+    }
+    try:
+        import jax
+        results["meta"]["jax"] = jax.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    contenders = {}
+    for cls in peers.ALL:
+        info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}
+        if cls.name not in args.contenders:
+            info.update(status="skipped", reason="not selected" + (" (--quick)" if cls.name in QUICK_SKIP else ""))
+        else:
+            try:
+                contenders[cls.name] = cls(loss=args.loss)
+                info["note"] = contenders[cls.name].note or cls.note
+            except peers.Unavailable as e:
+                info.update(status="skipped", reason=str(e))
+        results["contenders"][cls.name] = info
+        if info["status"] == "skipped":
+            report(f"skipped {cls.name}: {info['reason']}")
+    for size in sizes:
+        report(f"size T,B,N = {size}")
+        results["sizes"].append(_time_size(size, contenders, args, report))
+        for name, c in contenders.items():  # notes may be refined during setup (e.g. jax_direct path)
+            results["contenders"][name]["note"] = c.note or results["contenders"][name]["note"]
+        _save_partial(results, args)
+    if args.memory:
+        mem_sizes = args.memory_sizes or ([sizes[0]] if args.quick else [(100, 128, 1024)])
+        names = [n for n in contenders if n in args.memory_contenders]
+        for size in mem_sizes:
+            results["memory"] += _memory(names, size, args, report)
+    results["meta"]["loadavg_end"] = list(os.getloadavg())
+    results["meta"]["wall_s"] = time.perf_counter() - t_start
+    return results
+
+
+def _save_partial(results, args):
+    """Write what is measured so far (a long run that is stopped keeps its finished sizes)."""
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "bench.partial.json").write_text(json.dumps(results, indent=1))
+
+
+def _parse_sizes(text):
+    return [tuple(int(v) for v in s.lower().split("x")) for s in text.split(",") if s] if text else None
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m spark_torch.bench", description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="CI smoke test: tiny size, 2 rounds, no torch.compile")
+    p.add_argument("--sizes", type=_parse_sizes, default=None, help="e.g. 100x32x256,500x16x128")
+    p.add_argument("--modes", default="fwd,fwdbwd")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved timed rounds (default 7; quick 2)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed calls after the first (default 2; quick 1)")
+    p.add_argument("--budget-s", type=float, default=20.0, help="max timed seconds per contender, size and mode")
+    p.add_argument("--contenders", default=None, help=f"comma list of {','.join(peers.BY_NAME)}")
+    p.add_argument("--skip", default="", help="comma list of contenders to leave out")
+    p.add_argument("--loss", choices=("sum", "weighted"), default="sum")
+    p.add_argument("--compile-loop-max-t", type=int, default=100, help="largest T for torch.compile of the whole loop")
+    p.add_argument("--step-max-bn", type=int, default=None, help="skip spark_step where B*N is larger (slow loop)")
+    p.add_argument("--no-memory", dest="memory", action="store_false")
+    p.add_argument("--memory-sizes", type=_parse_sizes, default=None, help="default 100x128x1024 (quick: its size)")
+    p.add_argument("--memory-contenders", default=None, help="default: all timed (quick: spark_seq,torch_eager)")
+    p.add_argument("--memprobe-timeout", type=float, default=600.0)
+    p.add_argument("--no-threads", dest="threads", action="store_false", help="skip torch threads 1 vs 2 check")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the spark_seq time breakdown")
+    p.add_argument("--out", default=None, help="directory for bench.json, bench.txt (and bench.png with --plot)")
+    p.add_argument("--plot", action="store_true")
+    p.add_argument("--memprobe", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--size", default=None, help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    a.argv = list(argv)
+    a.modes = tuple(m for m in a.modes.split(",") if m)
+    if any(m not in MODES for m in a.modes):
+        p.error(f"--modes must be a subset of {MODES}")
+    a.rounds = a.rounds or (2 if a.quick else 7)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
+    default = [n for n in peers.BY_NAME if not (a.quick and n in QUICK_SKIP)]
+    a.contenders = [n.strip() for n in a.contenders.split(",")] if a.contenders else default
+    a.contenders = [n for n in a.contenders if n not in a.skip.split(",")]
+    unknown = [n for n in a.contenders if n not in peers.BY_NAME]
+    if unknown:
+        p.error(f"unknown contenders {unknown}; choose from {list(peers.BY_NAME)}")
+    mc = a.memory_contenders or ("spark_seq,torch_eager" if a.quick else ",".join(a.contenders))
+    a.memory_contenders = [n.strip() for n in mc.split(",")]
+    if a.quick:
+        a.threads = a.threads and False
+    return a
+
+
+def main(argv=None) -> dict:
+    """CLI entry (also ``spark_torch.cli bench``): runs, prints the tables, writes ``--out``; returns the results."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if args.memprobe:
+        res = _memprobe_main(args.memprobe, tuple(int(v) for v in args.size.split("x")), args.loss)
+        print(json.dumps(res))
+        return res
+    from ._bench_report import format_report, plot
+    results = run(args, report=lambda s: print(s, flush=True))
+    text = format_report(results)
+    print(text)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "bench.json").write_text(json.dumps(results, indent=1))
+        (out / "bench.txt").write_text(text)
+        if args.plot:
+            try:
+                plot(results, out / "bench.png")
+            except ImportError as e:
+                print(f"no plot: {e}")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""Smoke test of the benchmark harness (``python -m spark_torch.bench --quick``).
+
+Asserts only that it completes, that the JSON has the expected structure, and that peers which are
+not installed (or not selected) are marked skipped. Nothing about time is asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from spark_torch import _bench_peers as peers
+from spark_torch import bench
+
+ROOT = Path(__file__).resolve().parent.parent
+# The quick size and the contenders that are cheap to start; torch.compile is skipped by --quick.
+QUICK_ARGS = ["--quick", "--rounds", "1", "--warmup", "0"]
+try:
+    import matplotlib  # noqa: F401
+    HAVE_MPL = True
+except ImportError:
+    HAVE_MPL = False
+
+
+def _installed(cls) -> bool:
+    try:
+        cls()
+        return True
+    except peers.Unavailable:
+        return False
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    res = bench.main(QUICK_ARGS + ["--out", str(out), "--no-memory"] + (["--plot"] if HAVE_MPL else []))
+    return res, out
+
+
+def test_quick_completes_and_writes_json(quick):
+    res, out = quick
+    data = json.loads((out / "bench.json").read_text())
+    assert set(data) >= {"meta", "workload", "contenders", "sizes", "memory"}
+    assert (out / "bench.txt").read_text().strip()
+    if HAVE_MPL:
+        assert (out / "bench.png").stat().st_size > 0
+    assert data["meta"]["torch_num_threads"] >= 1
+    assert set(data["contenders"]) == set(peers.BY_NAME)
+    assert len(data["sizes"]) == len(bench.QUICK_SIZES)
+    rec = data["sizes"][0]
+    assert rec["size"] == list(bench.QUICK_SIZES[0])
+    assert set(rec) >= {"timings", "first_call_s", "spike_counts", "derived", "skipped", "input_bytes"}
+    ok = [n for n, c in data["contenders"].items() if c["status"] == "ok"]
+    assert "spark_seq" in ok and "torch_eager" in ok
+    for mode in ("fwd", "fwdbwd"):
+        assert "spark_seq" in rec["timings"][mode]
+        for name, s in rec["timings"][mode].items():
+            assert name in ok
+            assert set(s) >= {"median_ms", "q1_ms", "q3_ms", "min_ms", "max_ms", "n", "times_ms"}
+            assert s["n"] == len(s["times_ms"]) >= 1
+    counts = rec["spike_counts"]
+    assert counts["spark_seq"]["total"] > 0
+    assert "agrees" in counts["spark_seq"] and "rate_hz" in counts["torch_eager"]
+    assert "bridge_overhead_fwdbwd" in rec["derived"] or "jax_direct" not in ok
+    assert "profile" in rec and "op_fwd_ms" in rec["profile"]
+
+
+def test_skipped_peers_are_marked(quick):
+    res, _ = quick
+    for cls in peers.ALL:
+        info = res["contenders"][cls.name]
+        if cls.name in bench.QUICK_SKIP:
+            assert info["status"] == "skipped" and info["reason"]
+        elif not _installed(cls):
+            assert info["status"] == "skipped" and "not importable" in info["reason"]
+            assert all(cls.name not in rec["timings"][m] for rec in res["sizes"] for m in rec["timings"])
+        else:
+            assert info["status"] == "ok"
+
+
+def test_unavailable_peer_is_skipped_not_faked(monkeypatch):
+    class Missing(peers.Contender):
+        name, label = "missing_peer", "a peer that is not installed"
+
+        def __init__(self, loss="sum"):
+            raise peers.Unavailable("missing_peer not importable (test)")
+
+    monkeypatch.setattr(peers, "ALL", [peers.TorchEager, Missing])
+    monkeypatch.setitem(peers.BY_NAME, "missing_peer", Missing)
+    res = bench.run(bench.parse_args(QUICK_ARGS + ["--contenders", "torch_eager,missing_peer", "--no-memory",
+                                                   "--no-profile"]), report=lambda s: None)
+    assert res["contenders"]["missing_peer"]["status"] == "skipped"
+    assert "not importable" in res["contenders"]["missing_peer"]["reason"]
+    assert "missing_peer" not in res["sizes"][0]["timings"]["fwdbwd"]
+    assert "torch_eager" in res["sizes"][0]["timings"]["fwdbwd"]
+
+
+def test_module_entry_point_with_memory_probe(tmp_path):
+    """``python -m spark_torch.bench`` in a subprocess, including one fresh-process memory probe."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "spark_torch.bench", *QUICK_ARGS, "--contenders", "spark_seq,torch_eager",
+           "--memory-contenders", "torch_eager", "--no-profile", "--modes", "fwdbwd", "--out", str(tmp_path)]
+    p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-2000:]
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["workload"]["modes"] == ["fwdbwd"]
+    (mem,) = data["memory"]
+    assert mem["contender"] == "torch_eager"
+    assert "extra_x_input" in mem or "error" in mem
+    if sys.platform.startswith("linux"):
+        assert set(mem) >= {"extra_bytes", "input_bytes", "extra_x_input", "method"}

@@ -158,8 +158,9 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     dtype = current.dtype
     params = _cast_params(params, dtype)
     g_x, g_v, g_u = cotangents
-    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, traj.v.shape[1:])[None], traj.v[:-1]])
-    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, traj.u.shape[1:])[None], traj.u[:-1]])
+    n_steps = traj.v.shape[0]  # slicing to T keeps T = 0 well defined
+    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, traj.v.shape[1:])[None], traj.v[:-1]])[:n_steps]
+    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, traj.u.shape[1:])[None], traj.u[:-1]])[:n_steps]
 
     def local(v, u, i, p, spike):
         v_star, u_star = _integrate(v, u, i, p, dt, scheme)

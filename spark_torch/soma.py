@@ -121,7 +121,7 @@ class IzhikevichSoma(snn.Leaky):
                 self.register_buffer(name, nn.UninitializedBuffer())
         for name in _HIDDEN_STATE:
             self.register_buffer(name, torch.zeros(0), persistent=False)
-        self._own_mem_tokens: tuple = ()
+        self._emitted: tuple = ()  # (tensor, version) of each mem this layer emitted last
         if units is not None:
             self.build(tuple(units))
 
@@ -244,14 +244,21 @@ class IzhikevichSoma(snn.Leaky):
         return v, self.recovery_sensitivity * v
 
     def _is_own(self, mem: torch.Tensor) -> bool:
+        """Is ``mem`` (a view/alias of) a membrane this layer emitted last, unmodified since?
+
+        The emitted tensors are held (strongly) in ``_emitted``, so their memory cannot be freed and
+        reused by another tensor: equal data pointer, layout and version mean equal values.
+        """
         if torch.compiler.is_compiling():
             return mem is self.mem
-        return _token(mem) in self._own_mem_tokens and self.potential.shape == mem.shape
+        return self.potential.shape == mem.shape and any(
+            mem.data_ptr() == t.data_ptr() and mem.stride() == t.stride() and mem.dtype == t.dtype
+            and mem.device == t.device and mem._version == version for t, version in self._emitted)
 
     def _set_state(self, mem, v, u, also_own: Optional[torch.Tensor] = None) -> None:
         self.mem, self.potential, self.recovery = mem, v, u
         if not torch.compiler.is_compiling():
-            self._own_mem_tokens = tuple(_token(t) for t in (mem, also_own) if t is not None and t.numel())
+            self._emitted = tuple((t, t._version) for t in (mem, also_own) if t is not None and t.numel())
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, cur, name: str, sequence: bool) -> None:
@@ -297,17 +304,12 @@ class IzhikevichSoma(snn.Leaky):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-def _token(t: torch.Tensor) -> tuple:
-    """Identifies a tensor's values without reading them: storage pointer, layout and version."""
-    return (t.data_ptr(), tuple(t.shape), t.stride(), t.dtype, t.device, t._version)
-
-
 def _check_state_tensor(mem: torch.Tensor, shape: tuple, dtype) -> None:
     if not isinstance(mem, torch.Tensor):
         raise TypeError(f"`mem` must be a torch.Tensor, got {type(mem).__name__}")
-    if mem.numel() and tuple(mem.shape) != shape:
-        raise ValueError(f"`mem` has shape {tuple(mem.shape)}; expected {shape} (the input's [B, *units]) "
-                         "or an empty placeholder")
+    if mem.numel() and tuple(mem.shape[1:]) != shape[1:]:
+        raise ValueError(f"`mem` has shape {tuple(mem.shape)}; expected [B, *units] = {shape} (a different "
+                         "batch size B starts from the rest state, as in snnTorch; the units must match)")
     if mem.numel() and mem.dtype != dtype:
         raise TypeError(f"`mem` has dtype {mem.dtype}; expected the input's dtype {dtype}")
 

@@ -158,21 +158,13 @@ class LoopNet(nn.Module):
         self.lif2 = make_neuron(kind, **neuron_kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mem1 = _fit_batch(self.lif1.init_leaky(), (x.shape[1], self.fc1.out_features))
-        mem2 = _fit_batch(self.lif2.init_leaky(), (x.shape[1], self.fc2.out_features))
+        mem1, mem2 = self.lif1.init_leaky(), self.lif2.init_leaky()
         spk_rec = []
         for step in range(x.shape[0]):
             spk1, mem1 = self.lif1(self.fc1(x[step]), mem1)
             spk2, mem2 = self.lif2(self.fc2(spk1), mem2)
             spk_rec.append(spk2)
         return torch.stack(spk_rec)
-
-
-def _fit_batch(mem: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    """Workaround: ``init_leaky()`` returns zeros shaped like the *previous* batch. ``snn.Leaky``
-    replaces a mis-shaped ``mem`` by zeros; ``IzhikevichSoma`` (v0.1.0) raises instead, so a smaller
-    last batch would break the tutorial loop. Zeros of the right shape are the rest state for both."""
-    return mem if tuple(mem.shape) == shape else mem.new_zeros(shape)
 
 
 def build_network(kind: str, hidden: int = 128, form: str = "auto", **neuron_kwargs) -> nn.Module:

@@ -1,6 +1,5 @@
 """spark_torch.bridge and the custom ops in spark_torch.ops: zero-copy, values, gradients, torch integration."""
 
-import os
 import sys
 from pathlib import Path
 
@@ -260,13 +259,9 @@ def _compiled_target(current, v0, u0, *p):
 
 
 # aot_eager runs Dynamo (fullgraph) and AOTAutograd over the op's fake impls and registered backward,
-# which is where a custom op can break; inductor only adds codegen for the surrounding torch ops and
-# costs ~30 s of compile on 2 cores, so it runs on request (SPARK_TORCH_INDUCTOR_TESTS=1).
-@pytest.mark.parametrize("backend", [
-    "aot_eager",
-    pytest.param("inductor", marks=pytest.mark.skipif(
-        not os.environ.get("SPARK_TORCH_INDUCTOR_TESTS"), reason="slow; set SPARK_TORCH_INDUCTOR_TESTS=1")),
-])
+# which is where a custom op can break. The default (inductor) backend is exercised on the module in
+# tests/test_snntorch_compat.py::test_compile_fullgraph_matches_eager_with_no_graph_breaks.
+@pytest.mark.parametrize("backend", ["aot_eager"])
 def test_torch_compile_fullgraph_matches_eager(backend):
     current, v0, u0, params = make_inputs(T=12, B=2, dtype=torch.float32, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
@@ -321,12 +316,8 @@ def test_no_recompilation_per_call():
     assert (kernel.simulate_forward._cache_size(), kernel.simulate_backward._cache_size()) == sizes
 
 
-# ---- known defect, pinned so that the fix is noticed ---------------------------------------------
-
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "kernel._simulate_bwd builds the pre-step states as concat([state], traj.v[:-1]): for T = 0 that "
-    "has length 1 while current has length 0, so the reverse scan raises; the forward accepts T = 0"))
 def test_empty_sequence_backward():
+    """T = 0 at the op level: no outputs, the state's gradient passes straight through."""
     current, v0, u0, params = make_inputs(T=0, requires_grad=True)
     spikes, x, v, u = run_op(current, v0, u0, params)
     assert v.shape == (0, *v0.shape)

@@ -236,3 +236,32 @@ def test_compile_fullgraph_matches_eager_with_no_graph_breaks():
     spk_e.sum().backward()
     spk_c.sum().backward()
     torch.testing.assert_close(eager.threshold.grad, compiled_layer.threshold.grad)
+
+
+def test_tutorial_loop_with_smaller_last_batch_starts_from_rest():
+    """snnTorch's loop: `mem = lif.init_leaky()` keeps the previous batch's shape; a new B means rest."""
+    lif = IzhikevichSoma(resistance=10.0)
+    mem = lif.init_leaky()
+    lif(torch.ones(4, 8), mem)
+    mem = lif.init_leaky()
+    spk, mem = lif(torch.ones(3, 8), mem)
+    fresh_spk, fresh_mem = IzhikevichSoma(resistance=10.0)(torch.ones(3, 8))
+    assert torch.equal(mem, fresh_mem)
+    with pytest.raises(ValueError, match="units"):
+        lif(torch.ones(3, 8), torch.zeros(3, 5))
+
+
+def test_utils_reset_never_mistakes_fresh_zeros_for_own_state():
+    """Regression: zeros allocated at a freed address of an emitted mem must still mean rest."""
+    net = nn.Sequential(IzhikevichSoma(resistance=10.0, init_hidden=True))
+    fresh = IzhikevichSoma(resistance=10.0, init_hidden=True)
+    zero = torch.zeros(8, 4)
+    fresh(zero)
+    expected = fresh.mem.clone()  # utils.reset resets every snn.Leaky instance, `fresh` included
+    for _ in range(50):
+        utils.reset(net)
+        for _ in range(3):
+            net(torch.rand(8, 4) * 3)
+        utils.reset(net)
+        net(zero)
+        assert torch.equal(net[0].mem, expected)

@@ -81,11 +81,7 @@ def test_training_lowers_loss_and_beats_chance(results, kind, form):
     assert 0.0 < hidden_rate < 1.0 and 0.0 < output_rate < 1.0
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("izhikevich", marks=pytest.mark.xfail(strict=False, reason=(
-        "IzhikevichSoma v0.1.0 may take the zeros from snntorch.utils.reset for its own emitted mem "
-        "when the allocator reuses that address (_token match), and continue from the old state"))),
-    "leaky"])
+@pytest.mark.parametrize("kind", ["izhikevich", "leaky"])
 def test_sequential_and_loop_forms_train_identically(results, kind):
     """Same seed, same weights, same spikes: the two snnTorch call styles are one computation."""
     seq, loop = results[(kind, "sequential")], results[(kind, "loop")]

@@ -134,7 +134,7 @@ class JaxDirect(Contender):
         traj = self._fwd()
         g_x = self.dsg(traj.x, self.wj)
         return self.kernel.simulate_backward(self.Ij, self.state, self.params, traj, (g_x, None, None),
-                                             dt=DT, scheme="euler")
+                                             dt=DT, scheme="euler", param_mask=(False,) * 7)
 
     def _fwdbwd_vjp(self):
         traj, vjp = self.jax.vjp(lambda i: self.kernel.simulate(i, self.state, self.params, DT, "euler"), self.Ij)

@@ -148,41 +148,49 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: flo
 
 
 def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
-                  dt: float, scheme: str):
+                  dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None):
     """Reverse scan: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace)`` -> grads of (current, state, params).
 
-    A cotangent may be ``None`` (that output was not used); ``traj.x`` is not needed. Each step is re-integrated from the saved pre-step state (``traj`` shifted by one) and
-    differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly
-    the forward's resets.
+    A cotangent may be ``None`` (that output was not used); ``traj.x`` is not needed. Each step is
+    re-integrated from the saved pre-step state (``traj`` shifted by one) and differentiated with
+    ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly the forward's resets.
+    ``param_mask`` (static) selects the parameters whose gradients are wanted (default: all); the
+    others are returned as zeros without being computed. Parameter gradients are accumulated at the
+    state's shape ``[*batch, *units]`` (elementwise adds in the loop) and reduced once at the end.
     """
     dtype = current.dtype
     params = _cast_params(params, dtype)
+    mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
     g_x, g_v, g_u = cotangents
-    n_steps = traj.v.shape[0]  # slicing to T keeps T = 0 well defined
-    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, traj.v.shape[1:])[None], traj.v[:-1]])[:n_steps]
-    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, traj.u.shape[1:])[None], traj.u[:-1]])[:n_steps]
+    n_steps, state_shape = traj.v.shape[0], traj.v.shape[1:]
+    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, state_shape)[None], traj.v[:-1]])[:n_steps]
+    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, state_shape)[None], traj.u[:-1]])[:n_steps]
 
-    def local(v, u, i, p, spike):
+    def local(v, u, i, wanted, spike):
+        wanted = iter(wanted)
+        p = IzhikevichParams(*(next(wanted) if m else q for q, m in zip(params, mask)))
         v_star, u_star = _integrate(v, u, i, p, dt, scheme)
         return _fire_and_reset(v_star, u_star, spike, p)
 
     def body(carry, xs):
-        g_v_next, g_u_next, g_params = carry
+        g_v_next, g_u_next, g_wanted = carry
         v, u, i, spike, gx_t, gv_t, gu_t = xs
-        _, vjp = jax.vjp(partial(local, spike=spike), v, u, i, params)
+        wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
+        _, vjp = jax.vjp(partial(local, spike=spike), v, u, i, wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
         g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post))
-        g_params = jax.tree.map(jnp.add, g_params, g_p)
-        return (g_v_prev, g_u_prev, g_params), g_i
+        return (g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p))), g_i
 
-    zeros_state = jnp.zeros(traj.v.shape[1:], dtype)
-    zeros_params = jax.tree.map(jnp.zeros_like, params)
+    zeros_state = jnp.zeros(state_shape, dtype)
     spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes != 0
     xs = (v_prev, u_prev, current, spikes, g_x, g_v, g_u)
-    (g_v0, g_u0, g_params), g_current = jax.lax.scan(
-        body, (zeros_state, zeros_state, zeros_params), xs, reverse=True)
+    init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m))
+    (g_v0, g_u0, g_wanted), g_current = jax.lax.scan(body, init, xs, reverse=True)
+    g_wanted = iter(g_wanted)
+    g_params = IzhikevichParams(*(_sum_to_shape(next(g_wanted), jnp.shape(q)) if m else jnp.zeros_like(q)
+                                  for q, m in zip(params, mask)))
     g_state = IzhikevichState(_sum_to_shape(g_v0, jnp.shape(state.v)), _sum_to_shape(g_u0, jnp.shape(state.u)))
     return g_current, g_state, g_params
 
@@ -198,7 +206,7 @@ def _sum_to_shape(g, shape):
 simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype"))
 simulate_forward.__doc__ = """Jitted forward scan: ``(current, state, params, dt, scheme[, spike_dtype]) -> Trajectory``."""
 
-simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme"))
+simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask"))
 simulate_backward.__doc__ = """Jitted reverse scan: ``(..., traj, (g_x, g_v, g_u), dt, scheme) -> grads``."""
 
 

@@ -1,4 +1,4 @@
-"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v1.izhikevich_scan``.
+"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v2.izhikevich_scan``.
 
 Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
 autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
@@ -6,7 +6,7 @@ autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as on
 :data:`spark_torch.kernel.simulate_forward` and the reverse scan
 :data:`spark_torch.kernel.simulate_backward`.
 
-The op namespace carries a version (``spark_torch_v1``): change it whenever the schema or the
+The op namespace carries a version (``spark_torch_v2``): change it whenever the schema or the
 backward changes, so that no stale compiled graph in an inductor cache can be reused.
 
 Inputs (all tensors of one floating dtype and device):
@@ -29,7 +29,7 @@ import torch
 from . import bridge
 from .kernel import IzhikevichParams, IzhikevichState, Trajectory, precision_scope, simulate_backward, simulate_forward
 
-OP_NAMESPACE = "spark_torch_v1"
+OP_NAMESPACE = "spark_torch_v2"
 N_PARAMS = len(IzhikevichParams._fields)
 
 
@@ -57,12 +57,14 @@ def _setup_context(ctx, inputs, output):
     ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
     ctx.mark_non_differentiable(spikes)  # 0/1 values: gradients come through x (the surrogate's input)
     ctx.dt, ctx.scheme = dt, scheme
+    ctx.param_mask = [p.requires_grad for p in params]
 
 
 def _backward(ctx, g_spikes, g_x, g_v, g_u):
     current, v0, u0, *rest = ctx.saved_tensors
     params, (spikes, v, u) = rest[:N_PARAMS], rest[N_PARAMS:]
-    grads = izhikevich_scan_backward(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme)
+    grads = izhikevich_scan_backward(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme,
+                                     ctx.param_mask)
     g_current, g_v0, g_u0, *g_params = grads
     return g_current, g_v0, g_u0, g_params, None, None
 
@@ -72,10 +74,12 @@ def izhikevich_scan_backward(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor],
     spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
+    param_mask: list[bool],
 ) -> list[torch.Tensor]:
     """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
 
-    ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused).
+    ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused);
+    ``param_mask[i]`` says whether parameter ``i`` needs a gradient (zeros are returned otherwise).
     """
     with precision_scope(_np_dtype(current.dtype)):
         cotangents = tuple(None if g is None else bridge.to_jax(g, name)
@@ -84,13 +88,13 @@ def izhikevich_scan_backward(
         grads = simulate_backward(
             bridge.to_jax(current, "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme)
+            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme, param_mask=tuple(param_mask))
         g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
     return [g_current, _sum_to(g_v0, v0), _sum_to(g_u0, u0), *(_sum_to(g, p) for g, p in zip(g_params, params))]
 
 
 @izhikevich_scan_backward.register_fake
-def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme):
+def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
 
 

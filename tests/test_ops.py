@@ -11,14 +11,14 @@ import snntorch.surrogate
 import torch
 
 from spark_torch import bridge, kernel
-from spark_torch import ops  # noqa: F401  (registers torch.ops.spark_torch_v1.*)
+from spark_torch import ops  # noqa: F401  (registers the custom ops)
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref_np  # noqa: E402
 from reference_torch import PARAM_NAMES, reference_run  # noqa: E402
 
-SCAN = torch.ops.spark_torch_v1.izhikevich_scan
-SCAN_BWD = torch.ops.spark_torch_v1.izhikevich_scan_backward
+SCAN = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan
+SCAN_BWD = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan_backward
 SCHEMES = ("euler", "izhikevich2003")
 
 
@@ -248,7 +248,8 @@ def test_opcheck_backward():
     spikes, x, v, u = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
     plist = [params[k] for k in PARAM_NAMES]
-    torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, 1.0, "euler"))
+    torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, 1.0, "euler",
+                                    [True, False, True, False, True, False, True]))
 
 
 # ---- (e) torch.compile -------------------------------------------------------------------------

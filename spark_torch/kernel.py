@@ -132,8 +132,25 @@ def _cast_params(params: IzhikevichParams, dtype) -> IzhikevichParams:
     return IzhikevichParams(*(jnp.asarray(p, dtype) for p in params))
 
 
+def surrogate_derivative(name: str, param: float, x):
+    """d spike / d x of snnTorch's built-in surrogates, for the fused backward (same formulas).
+
+    ``"atan"`` (alpha): α/2 / (1 + (π/2·α·x)²); ``"fast_sigmoid"`` (slope k): 1/(k|x| + 1)²;
+    ``"sigmoid"`` (slope k): k·e^(−kx)/(e^(−kx) + 1)².
+    """
+    if name == "atan":
+        return param / 2 / (1 + (jnp.pi / 2 * param * x) ** 2)
+    if name == "fast_sigmoid":
+        return 1.0 / (param * jnp.abs(x) + 1.0) ** 2
+    if name == "sigmoid":
+        e = jnp.exp(-param * x)
+        return param * e / ((e + 1) ** 2)
+    raise ValueError(f"`surrogate` (={name!r}) must be one of ('atan', 'fast_sigmoid', 'sigmoid')")
+
+
 def _simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: float, scheme: str,
-              spike_dtype=None) -> Trajectory:
+              spike_dtype=None, return_x: bool = True) -> Trajectory:
+    """The forward scan; ``return_x=False`` skips the ``x`` trace (a fused surrogate needs none)."""
     dtype = current.dtype
     spike_dtype = jnp.bool_ if spike_dtype is None else spike_dtype
     params = _cast_params(params, dtype)
@@ -141,15 +158,20 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: flo
 
     def body(carry, current_t):
         (spike, x), nxt = step(carry, current_t, params, dt=dt, scheme=scheme)
-        return nxt, (spike.astype(spike_dtype), x, nxt.v, nxt.u)
+        return nxt, (spike.astype(spike_dtype), x if return_x else None, nxt.v, nxt.u)
 
     _, (spikes, x, v, u) = jax.lax.scan(body, state, current)
     return Trajectory(spikes, x, v, u)
 
 
 def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
-                  dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None):
-    """Reverse scan: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace)`` -> grads of (current, state, params).
+                  dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
+                  surrogate: tuple[str, float] | None = None):
+    """Reverse scan: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace[, dL/dspikes])`` -> grads of
+    (current, state, params).
+
+    With ``surrogate=(name, param)`` (static) the spikes' cotangent is turned into ``dL/dx`` inside
+    the scan with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed).
 
     A cotangent may be ``None`` (that output was not used); ``traj.x`` is not needed. Each step is
     re-integrated from the saved pre-step state (``traj`` shifted by one) and differentiated with
@@ -161,7 +183,10 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     dtype = current.dtype
     params = _cast_params(params, dtype)
     mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
-    g_x, g_v, g_u = cotangents
+    g_x, g_v, g_u, *g_spikes = cotangents
+    g_spikes = g_spikes[0] if g_spikes else None
+    if surrogate is None and g_spikes is not None:
+        raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
     n_steps, state_shape = traj.v.shape[0], traj.v.shape[1:]
     v_prev = jnp.concatenate([jnp.broadcast_to(state.v, state_shape)[None], traj.v[:-1]])[:n_steps]
     u_prev = jnp.concatenate([jnp.broadcast_to(state.u, state_shape)[None], traj.u[:-1]])[:n_steps]
@@ -174,18 +199,20 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
 
     def body(carry, xs):
         g_v_next, g_u_next, g_wanted = carry
-        v, u, i, spike, gx_t, gv_t, gu_t = xs
+        v, u, i, spike, gx_t, gv_t, gu_t, gs_t = xs
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
-        _, vjp = jax.vjp(partial(local, spike=spike), v, u, i, wanted)
+        (x_t, _, _), vjp = jax.vjp(partial(local, spike=spike), v, u, i, wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
+        if gs_t is not None:
+            g_x_t = g_x_t + gs_t * surrogate_derivative(*surrogate, x_t)
         g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post))
         return (g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p))), g_i
 
     zeros_state = jnp.zeros(state_shape, dtype)
     spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes != 0
-    xs = (v_prev, u_prev, current, spikes, g_x, g_v, g_u)
+    xs = (v_prev, u_prev, current, spikes, g_x, g_v, g_u, g_spikes)
     init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m))
     (g_v0, g_u0, g_wanted), g_current = jax.lax.scan(body, init, xs, reverse=True)
     g_wanted = iter(g_wanted)
@@ -203,10 +230,10 @@ def _sum_to_shape(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype"))
+simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x"))
 simulate_forward.__doc__ = """Jitted forward scan: ``(current, state, params, dt, scheme[, spike_dtype]) -> Trajectory``."""
 
-simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask"))
+simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
 simulate_backward.__doc__ = """Jitted reverse scan: ``(..., traj, (g_x, g_v, g_u), dt, scheme) -> grads``."""
 
 

@@ -15,8 +15,10 @@ Inputs (all tensors of one floating dtype and device):
     :class:`spark_torch.kernel.IzhikevichParams` order; ``dt`` (ms); ``scheme``.
 Outputs (fresh tensors, ``[T, *batch, *units]``, the input's dtype):
     spikes (0/1), x = (v* − v_pk)/(v_pk − v_r) (pre-reset), v (post-reset, mV), u (post-reset).
-Autograd: gradients flow from x, v and u (not from the 0/1 spikes: the module applies the user's
-surrogate to x) to current, v0, u0 and every parameter tensor.
+Autograd: gradients flow from x, v and u to current, v0, u0 and every parameter tensor. The 0/1
+spikes carry no gradient (the module applies the user's surrogate to x) — unless one of snnTorch's
+built-in surrogates is *fused* (``surrogate="atan"|"fast_sigmoid"|"sigmoid"``): then the spikes'
+cotangent is turned into dL/dx inside the reverse scan and no x trace is materialized.
 """
 
 from __future__ import annotations
@@ -36,27 +38,40 @@ N_PARAMS = len(IzhikevichParams._fields)
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan", mutates_args=())
 def izhikevich_scan(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float, scheme: str,
+    surrogate: str, surrogate_param: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units."""
+    """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units.
+
+    ``surrogate=""``: spikes carry no gradient, ``x`` is returned for a torch-side surrogate.
+    ``surrogate`` in ("atan", "fast_sigmoid", "sigmoid") with its parameter: the spikes are
+    differentiable through that surrogate inside the reverse scan, and ``x`` is returned empty.
+    """
     with precision_scope(_np_dtype(current.dtype)):
         traj = simulate_forward(
             bridge.to_jax(current, "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype))
-        return tuple(bridge.results_to_torch(tuple(traj)))
+            _params_to_jax(params), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype),
+            return_x=not surrogate)
+        spikes, x, v, u = bridge.results_to_torch(tuple(traj))
+    return spikes, (current.new_empty(0) if x is None else x), v, u
 
 
 @izhikevich_scan.register_fake
-def _(current, v0, u0, params, dt, scheme):
-    return tuple(torch.empty_like(current) for _ in range(4))
+def _(current, v0, u0, params, dt, scheme, surrogate, surrogate_param):
+    x = current.new_empty(0) if surrogate else torch.empty_like(current)
+    return torch.empty_like(current), x, torch.empty_like(current), torch.empty_like(current)
 
 
 def _setup_context(ctx, inputs, output):
-    current, v0, u0, params, dt, scheme = inputs
-    spikes, _, v, u = output
+    current, v0, u0, params, dt, scheme, surrogate, surrogate_param = inputs
+    spikes, x, v, u = output
     ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
-    ctx.mark_non_differentiable(spikes)  # 0/1 values: gradients come through x (the surrogate's input)
-    ctx.dt, ctx.scheme = dt, scheme
+    if surrogate:
+        ctx.mark_non_differentiable(x)  # empty placeholder
+    else:
+        ctx.mark_non_differentiable(spikes)  # 0/1 values: gradients come through x (the surrogate's input)
+    ctx.set_materialize_grads(False)  # unused outputs send None, not [T, B, N] zeros to the reverse scan
+    ctx.dt, ctx.scheme, ctx.surrogate, ctx.surrogate_param = dt, scheme, surrogate, surrogate_param
     ctx.param_mask = [p.requires_grad for p in params]
 
 
@@ -64,9 +79,10 @@ def _backward(ctx, g_spikes, g_x, g_v, g_u):
     current, v0, u0, *rest = ctx.saved_tensors
     params, (spikes, v, u) = rest[:N_PARAMS], rest[N_PARAMS:]
     grads = izhikevich_scan_backward(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme,
-                                     ctx.param_mask)
+                                     ctx.param_mask, g_spikes if ctx.surrogate else None,
+                                     ctx.surrogate, ctx.surrogate_param)
     g_current, g_v0, g_u0, *g_params = grads
-    return g_current, g_v0, g_u0, g_params, None, None
+    return g_current, g_v0, g_u0, g_params, None, None, None, None
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan_backward", mutates_args=())
@@ -74,27 +90,31 @@ def izhikevich_scan_backward(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor],
     spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
-    param_mask: list[bool],
+    param_mask: list[bool], g_spikes: Optional[torch.Tensor] = None, surrogate: str = "",
+    surrogate_param: float = 0.0,
 ) -> list[torch.Tensor]:
     """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
 
     ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused);
-    ``param_mask[i]`` says whether parameter ``i`` needs a gradient (zeros are returned otherwise).
+    ``param_mask[i]`` says whether parameter ``i`` needs a gradient (zeros are returned otherwise);
+    ``g_spikes`` is the spikes' cotangent when the surrogate is fused (see :func:`izhikevich_scan`).
     """
     with precision_scope(_np_dtype(current.dtype)):
-        cotangents = tuple(None if g is None else bridge.to_jax(g, name)
-                           for g, name in ((g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u")))
+        cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
+            (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes")))
         traj = Trajectory(bridge.to_jax(spikes, "spikes"), None, bridge.to_jax(v, "v"), bridge.to_jax(u, "u"))
         grads = simulate_backward(
             bridge.to_jax(current, "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme, param_mask=tuple(param_mask))
+            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme, param_mask=tuple(param_mask),
+            surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
         g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
     return [g_current, _sum_to(g_v0, v0), _sum_to(g_u0, u0), *(_sum_to(g, p) for g, p in zip(g_params, params))]
 
 
 @izhikevich_scan_backward.register_fake
-def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask):
+def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes=None, surrogate="",
+      surrogate_param=0.0):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from .config import IzhikevichSomaConfig
 from .ops import SUPPORTED_DTYPES, izhikevich_scan
+from .surrogate import fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 _HIDDEN_STATE = ("mem", "potential", "recovery")
@@ -82,6 +83,10 @@ class IzhikevichSoma(snn.Leaky):
         reset_mechanism: only ``"zero"`` (the model resets to ``potential_reset``) is accepted.
         check_finite: reject NaN/Inf input with a ``ValueError`` (one reduction per call; set
             ``False`` to skip it).
+        fuse_surrogate: for snnTorch's built-in ``atan``, ``fast_sigmoid`` and ``sigmoid`` (the
+            default ``spike_grad`` included), evaluate the same derivative inside the JAX reverse scan
+            instead of with torch ops (same gradient, less memory traffic). Other callables always run
+            in torch. ``False`` forces the torch path.
 
     Inputs: ``cur`` ``[B, *units]`` (or ``[T, B, *units]``), optional ``mem`` ``[B, *units]``
     (normalized, see module docs). Outputs: ``spk, mem`` (or ``spk`` with ``init_hidden=True``).
@@ -99,7 +104,7 @@ class IzhikevichSoma(snn.Leaky):
                  surrogate_disable: bool = False, init_hidden: bool = False, output: bool = False,
                  graded_spikes_factor: float = 1.0, learn_graded_spikes_factor: bool = False,
                  learn_threshold: bool = False, reset_mechanism: str = "zero", check_finite: bool = True,
-                 **overrides):
+                 fuse_surrogate: bool = True, **overrides):
         _reject_unsupported_kwargs(overrides, reset_mechanism)
         config = _resolve_config(config, overrides)
         learnable = _resolve_learnable(learnable, learn_threshold)
@@ -113,6 +118,9 @@ class IzhikevichSoma(snn.Leaky):
         self.learnable = learnable
         self.sequence = bool(sequence)
         self.check_finite = bool(check_finite)
+        self.fuse_surrogate = bool(fuse_surrogate)
+        self._fused_for, self._fused = None, None
+        self._fused_surrogate()  # decided here, outside any torch.compile trace
         self.units: Optional[tuple[int, ...]] = None
         for name in MODEL_FIELDS:
             if name in learnable:
@@ -198,9 +206,10 @@ class IzhikevichSoma(snn.Leaky):
         else:
             v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
         sequence = cur.unsqueeze(0) if step_input else cur
+        fused = self._fused_surrogate()
         spikes, x, v, u = izhikevich_scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-                                          float(self.config.dt), self.config.scheme)
-        spk = self._emit(spikes, x)
+                                          float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
+        spk = self._emit(spikes, x, fused is not None)
         mem_trace = self._normalize(v)
         v_last, u_last = v[-1], u[-1]
         mem_last = self._normalize(v_last)
@@ -215,11 +224,23 @@ class IzhikevichSoma(snn.Leaky):
             return spk
         return spk, mem_out
 
-    def _emit(self, spikes: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Straight-through spikes: the kernel's value, the gradient of ``spike_grad(x)``."""
-        surrogate = self.spike_grad(x)
-        spk = spikes + (surrogate - surrogate.detach())
-        return spk * self.graded_spikes_factor
+    def _fused_surrogate(self):
+        """``(name, parameter)`` when ``spike_grad`` is fused into the kernel (cached per callable)."""
+        if self.spike_grad is not self._fused_for:
+            fusable = self.fuse_surrogate and not self.surrogate_disable
+            self._fused_for, self._fused = self.spike_grad, fused_surrogate(self.spike_grad) if fusable else None
+        return self._fused
+
+    def _emit(self, spikes: torch.Tensor, x: torch.Tensor, fused: bool) -> torch.Tensor:
+        """Spikes with their gradient: the kernel's value; the gradient of ``spike_grad`` at ``x``.
+
+        Fused: the kernel's spikes already carry that gradient. Otherwise straight-through: the
+        value is ``spikes`` exactly (``s − s.detach()`` is 0), the gradient is ``spike_grad``'s.
+        """
+        if not fused:
+            surrogate = self.spike_grad(x)
+            spikes = spikes + (surrogate - surrogate.detach())
+        return spikes * self.graded_spikes_factor
 
     def _normalize(self, v: torch.Tensor) -> torch.Tensor:
         return (v - self.potential_rest) / (self.threshold - self.potential_rest)

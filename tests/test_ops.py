@@ -51,7 +51,7 @@ def make_inputs(T=25, B=3, dtype=torch.float64, seed=0, low=0.0, high=150.0, req
 
 
 def run_op(current, v0, u0, params, dt=1.0, scheme="euler"):
-    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme)
+    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme, "", 0.0)
 
 
 # ---- (a) the bridge: zero-copy where possible, explicit copies otherwise, no downcast -------------
@@ -227,10 +227,10 @@ def test_gradcheck_in_smooth_region(scheme):
     inputs = [t.clone().requires_grad_() for t in (current, v0, u0, *params.values())]
 
     def fn(current, v0, u0, *p):
-        _, x, v, u = SCAN(current, v0, u0, list(p), 1.0, scheme)
+        _, x, v, u = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0)
         return x, v, u
 
-    spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme)[0]
+    spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme, "", 0.0)[0]
     assert spikes.sum() == 0
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -240,7 +240,9 @@ def test_gradcheck_in_smooth_region(scheme):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_opcheck_forward(dtype):
     current, v0, u0, params = make_inputs(T=6, B=2, dtype=dtype, requires_grad=True)
-    torch.library.opcheck(SCAN, (current, v0, u0, [params[k] for k in PARAM_NAMES], 1.0, "izhikevich2003"))
+    plist = [params[k] for k in PARAM_NAMES]
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "izhikevich2003", "", 0.0))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0))
 
 
 def test_opcheck_backward():
@@ -255,7 +257,7 @@ def test_opcheck_backward():
 # ---- (e) torch.compile -------------------------------------------------------------------------
 
 def _compiled_target(current, v0, u0, *p):
-    spikes, x, v, u = SCAN(current, v0, u0, list(p), 1.0, "euler")
+    spikes, x, v, u = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0)
     return spikes, (x * 0.5).sum() + (v ** 2).mean() - u.sum()
 
 

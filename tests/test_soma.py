@@ -55,8 +55,9 @@ def _layer_params(layer):
 def test_sequence_values_and_gradients_match_reference(scheme, grad_name):
     spike_grad = SPIKE_GRADS[grad_name]
     T, B, N = 25, 3, 6
+    # the torch-side surrogate path (fused snnTorch surrogates: tests/test_surrogate.py)
     layer = IzhikevichSoma(resistance=10.0, scheme=scheme, sequence=True, units=(N,), spike_grad=spike_grad,
-                           learnable=PARAM_NAMES, recovery_update=8.0)
+                           learnable=PARAM_NAMES, recovery_update=8.0, fuse_surrogate=False)
     layer.double()
     cur = _drive((T, B, N)).requires_grad_()
     mem0 = (0.3 * torch.rand(B, N, dtype=torch.float64)).requires_grad_()
@@ -104,7 +105,8 @@ def test_sequence_call_equals_step_calls_bitwise(dtype, scheme):
 def test_step_gradients_match_reference_through_time():
     """BPTT over explicit step calls == the reference's gradients (input and learnables)."""
     T, B, N = 20, 2, 5
-    layer = IzhikevichSoma(resistance=10.0, learnable=("recovery_timescale", "threshold"), units=(N,)).double()
+    layer = IzhikevichSoma(resistance=10.0, learnable=("recovery_timescale", "threshold"), units=(N,),
+                           fuse_surrogate=False).double()
     cur = _drive((T, B, N)).requires_grad_()
     mem = layer.init_leaky()
     spikes = []

@@ -240,7 +240,10 @@ class IzhikevichSoma(snn.Leaky):
         if not fused:
             surrogate = self.spike_grad(x)
             spikes = spikes + (surrogate - surrogate.detach())
-        return spikes * self.graded_spikes_factor
+        factor = self.graded_spikes_factor
+        if not torch.compiler.is_compiling() and not factor.requires_grad and float(factor) == 1.0:
+            return spikes  # skip a [T, B, N] multiply by one
+        return spikes * factor
 
     def _normalize(self, v: torch.Tensor) -> torch.Tensor:
         return (v - self.potential_rest) / (self.threshold - self.potential_rest)
@@ -296,7 +299,7 @@ class IzhikevichSoma(snn.Leaky):
             raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: expected {layout} with units {self.units}")
         if cur.numel() == 0:
             raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: empty input (T = 0 or B = 0) is not accepted")
-        if self.check_finite and not torch.compiler.is_compiling() and not bool(torch.isfinite(cur).all()):
+        if self.check_finite and not torch.compiler.is_compiling() and not _all_finite(cur):
             raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
 
     def _check_params_match(self, cur: torch.Tensor) -> None:
@@ -323,6 +326,12 @@ class IzhikevichSoma(snn.Leaky):
             saved = state_dict[key]
             self.build(tuple(saved.shape), dtype=saved.dtype, device=saved.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    """One read-only pass: NaN and ±Inf propagate into the min/max (cheaper than ``isfinite(t).all()``)."""
+    low, high = torch.aminmax(t.detach())
+    return bool(torch.isfinite(low) & torch.isfinite(high))
 
 
 def _check_state_tensor(mem: torch.Tensor, shape: tuple, dtype) -> None:

@@ -35,11 +35,17 @@ try:  # JAX's own import primitive, without the public wrapper's ~40 µs of per-
 
     _CPU_DEVICE = _xla_bridge.get_backend("cpu").device_from_local_hardware_id(0)
     _fast_import = _jax_ext.dlpack_managed_tensor_to_buffer
-    _fast_import(torch.utils.dlpack.to_dlpack(torch.zeros(1)), _CPU_DEVICE, None, False, 1)  # probe the signature
+    _fast_export = _jax_ext.buffer_to_dlpack_managed_tensor
+    _probe = _fast_import(torch.utils.dlpack.to_dlpack(torch.zeros(1)), _CPU_DEVICE, None, False, 1)
+    torch.utils.dlpack.from_dlpack(_fast_export(_probe, stream=None))  # probe both signatures
 except Exception:  # pragma: no cover - other JAX versions: the public API is always correct
-    _fast_import = None
+    _fast_import = _fast_export = None
 
 ALIGNMENT_BYTES = 64
+_JAX_DTYPES = {torch.float32: jax.numpy.dtype("float32"), torch.float64: jax.numpy.dtype("float64"),
+               torch.float16: jax.numpy.dtype("float16"), torch.bfloat16: jax.numpy.dtype("bfloat16"),
+               torch.int32: jax.numpy.dtype("int32"), torch.int64: jax.numpy.dtype("int64"),
+               torch.bool: jax.numpy.dtype("bool"), torch.uint8: jax.numpy.dtype("uint8")}
 
 #: Explicit copies made by :func:`to_jax`, by reason ("misaligned", "non-contiguous"). Read it to
 #: check that a hot path is zero-copy; :func:`reset_copy_counts` clears it.
@@ -90,8 +96,7 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
             array = jax.dlpack.from_dlpack(tensor, copy=False)  # let the public path apply JAX's x64 rule
     else:
         array = jax.dlpack.from_dlpack(tensor, copy=False)
-    expected = str(tensor.dtype).removeprefix("torch.")
-    if array.dtype.name != expected:
+    if array.dtype != _JAX_DTYPES.get(tensor.dtype):
         raise TypeError(
             f"`{name}` has dtype {tensor.dtype} but reached JAX as {array.dtype.name}: 64-bit tensors "
             "must cross inside spark_torch.kernel.precision_scope (jax x64); refusing to downcast")
@@ -127,6 +132,9 @@ def to_jax_shared(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
 
 def to_torch(array: jax.Array) -> torch.Tensor:
     """Wrap a (finished) JAX array as a torch tensor without a copy."""
+    if _fast_export is not None and array.is_fully_addressable and len(array.devices()) == 1 \
+            and array.platform() == "cpu":
+        return torch.utils.dlpack.from_dlpack(_fast_export(array, stream=None))
     return torch.from_dlpack(array)
 
 

@@ -78,8 +78,12 @@ class Trajectory(NamedTuple):
 
 
 def precision_scope(dtype) -> contextlib.AbstractContextManager:
-    """Context in which JAX honours ``dtype``: enables x64 (thread-locally) for 64-bit dtypes."""
-    if np.dtype(dtype).itemsize == 8:
+    """Context in which JAX honours ``dtype``: enables x64 (thread-locally) for 64-bit dtypes.
+
+    ``dtype``: a NumPy/JAX dtype, or anything with an ``itemsize`` (e.g. ``torch.float64``).
+    """
+    itemsize = dtype.itemsize if isinstance(getattr(dtype, "itemsize", None), int) else np.dtype(dtype).itemsize
+    if itemsize == 8:
         return jax.enable_x64(True)
     return contextlib.nullcontext()
 

@@ -122,15 +122,18 @@ def test_ddp_two_processes_match_one_process_full_batch(ddp_results):
     assert expected.keys() == r0.keys() == r1.keys()
     for name in expected:
         assert torch.equal(r0[name], r1[name]), f"ranks disagree on {name}"
-        assert not torch.equal(expected[name], Net().state_dict()[name]) or name.startswith("soma.") is False or True
-        # gradients are averaged over 2 shards in DDP and over the full batch here: equal up to summation order
-        torch.testing.assert_close(r0[name], expected[name], rtol=1e-6, atol=1e-7, msg=f"{name} differs")
+        # gradients are averaged over 2 shards in DDP and over the full batch here: equal up to summation
+        # order (measured: max |diff| 5e-7 after 3 steps, parameters move by 0.04-0.35)
+        torch.testing.assert_close(r0[name], expected[name], rtol=1e-5, atol=2e-6, msg=f"{name} differs")
     # the learnable neuron parameters actually moved
     assert not torch.equal(r0["soma.threshold"], torch.full((N,), 30.0))
 
 
 def test_ddp_parameters_bit_identical_to_one_process(ddp_results):
-    """BRIDGE_NOTES #12 reports bit-identity; the averaging order makes that a property of this net."""
+    """BRIDGE_NOTES #12 reports bit-identity. Here (3 steps, lr 0.5) fc.weight, fc.bias and
+    soma.recovery_timescale differ by <= 5e-7: DDP averages two half-batch gradients, the 1-process run
+    sums the full batch — a different float32 summation order, not a library defect. Reported as xfail
+    (non-strict) when it happens; the tolerance test above is the contract."""
     x, y = _data()
     net = Net()
     expected = _train(net, net, x, y)
@@ -153,19 +156,17 @@ def test_ddp_step_loop_without_buffer_broadcast_keeps_each_rank_state(ddp_result
                                    _single_step_loop(x[:, shard].contiguous()), rtol=0, atol=0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: the hidden state (mem, potential, recovery) is registered as module buffers, so DDP's default "
-    "broadcast_buffers=True copies rank 0's hidden state over every other rank's at each forward call: in "
-    "the snnTorch step loop (state kept by the layer) rank 1 continues from rank 0's neurons. (Harmless for "
-    "sequence=True without init_hidden, where each call starts from rest.) Fix: keep the hidden state out "
-    "of named_buffers() (plain attributes, exposed via properties/state_dict extra state when asked), or "
-    "document broadcast_buffers=False for step-mode training."))
 def test_ddp_step_loop_with_default_buffer_broadcast_keeps_each_rank_state(ddp_results):
+    """The hidden state (mem, potential, recovery) is registered as buffers, and DDP's default
+    broadcast_buffers=True broadcasts rank 0's buffers at every forward. It does NOT clobber rank 1's
+    neurons today only because DDP captured the buffer *objects* at construction (the empty placeholders)
+    and the layer assigns fresh tensors each call. If the layer ever updates its hidden state in place,
+    this test catches the resulting cross-rank corruption."""
     x, _ = _data()
-    rank = 1
-    shard = slice(rank * B // 2, (rank + 1) * B // 2)
-    torch.testing.assert_close(ddp_results[rank]["step_mem_broadcast_True"],
-                               _single_step_loop(x[:, shard].contiguous()), rtol=0, atol=0)
+    for rank in range(2):
+        shard = slice(rank * B // 2, (rank + 1) * B // 2)
+        torch.testing.assert_close(ddp_results[rank]["step_mem_broadcast_True"],
+                                   _single_step_loop(x[:, shard].contiguous()), rtol=0, atol=0)
 
 
 # ------------------------------------------------------------------------------------------------ DataLoader workers
@@ -236,15 +237,23 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "DEFECT: DataLoader(multiprocessing_context='fork') workers HANG (no error, no progress) once JAX/XLA "
+    "ran a sizeable computation in the parent (BRIDGE_NOTES #12; reproduced here: [50,32,1024] sequences "
+    "in the parent; a tiny parent computation did not hang). fork is torch's default start method on "
+    "Linux, so this is the default DataLoader. Fix: os.register_at_fork(after_in_child=...) in spark_torch "
+    "marks the process as forked-after-JAX, and the next kernel call raises RuntimeError('spark_torch: JAX "
+    "cannot run in a process forked after JAX started; use multiprocessing_context=\"spawn\" or "
+    "\"forkserver\"') instead of deadlocking; document spawn/forkserver in the README."))
 def test_dataloader_fork_after_jax_ran_in_parent():
-    """BRIDGE_NOTES #12 reports that fork workers hang once JAX ran in the parent. Measured here (torch
-    2.13, jax 0.10.2, 2 cores): fork workers complete and give the same results, in 3/3 trials of this
-    script. Run in a subprocess with a timeout so that a hang fails this test instead of blocking the suite.
-    The library documents no fork behaviour (no README yet): recommend spawn/forkserver."""
+    """Run in a subprocess with a timeout so that a hang fails this test instead of blocking the suite.
+    Passes when fork either works or fails fast with an error that recommends spawn/forkserver."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
     try:
         proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True,
-                              timeout=90)
+                              timeout=25)
     except subprocess.TimeoutExpired:
         pytest.fail("DataLoader with multiprocessing_context='fork' hung after JAX ran in the parent")
-    assert proc.returncode == 0 and "FORK-OK" in proc.stdout, proc.stderr[-2000:]
+    ok = proc.returncode == 0 and "FORK-OK" in proc.stdout
+    clear_error = proc.returncode != 0 and "spawn" in proc.stderr and "Traceback" in proc.stderr
+    assert ok or clear_error, proc.stderr[-2000:]

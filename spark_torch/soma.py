@@ -1,7 +1,7 @@
 r"""``IzhikevichSoma``: the Izhikevich (2003) neuron as a ``torch.nn.Module`` and snnTorch drop-in.
 
 Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) →
-:func:`spark_torch.ops.izhikevich_scan` (one JAX scan forward, one reverse scan backward) → spikes
+:func:`spark_torch.ops.scan` (one JAX scan forward, one reverse scan backward) → spikes
 with the gradient of the user's ``spike_grad``.
 
 Units of what the layer returns and keeps:
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from .config import IzhikevichSomaConfig
-from .ops import SUPPORTED_DTYPES, izhikevich_scan
+from .ops import SUPPORTED_DTYPES, scan
 from .surrogate import fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
@@ -207,7 +207,7 @@ class IzhikevichSoma(snn.Leaky):
             v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
         sequence = cur.unsqueeze(0) if step_input else cur
         fused = self._fused_surrogate()
-        spikes, x, v, u = izhikevich_scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
+        spikes, x, v, u = scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
                                           float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
         spk = self._emit(spikes, x, fused is not None)
         mem_trace = self._normalize(v)

@@ -177,7 +177,8 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     With ``surrogate=(name, param)`` (static) the spikes' cotangent is turned into ``dL/dx`` inside
     the scan with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed).
 
-    A cotangent may be ``None`` (that output was not used); ``traj.x`` is not needed. Each step is
+    A cotangent may be ``None`` (that output was not used) or 0-d (the same value everywhere, as for
+    ``loss = y.sum()``: it crosses as a scalar instead of a [T, B, N] copy); ``traj.x`` is not needed. Each step is
     re-integrated from the saved pre-step state (``traj`` shifted by one) and differentiated with
     ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly the forward's resets.
     ``param_mask`` (static) selects the parameters whose gradients are wanted (default: all); the
@@ -189,6 +190,9 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
     g_x, g_v, g_u, *g_spikes = cotangents
     g_spikes = g_spikes[0] if g_spikes else None
+    # A 0-d cotangent stands for the same value at every step and neuron (e.g. from ``loss = y.sum()``).
+    uniform = tuple(g if g is not None and jnp.ndim(g) == 0 else None for g in (g_x, g_v, g_u, g_spikes))
+    g_x, g_v, g_u, g_spikes = (None if c is not None else g for g, c in zip((g_x, g_v, g_u, g_spikes), uniform))
     if surrogate is None and g_spikes is not None:
         raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
     n_steps, state_shape = traj.v.shape[0], traj.v.shape[1:]
@@ -203,7 +207,9 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
 
     def body(carry, xs):
         g_v_next, g_u_next, g_wanted = carry
-        v, u, i, spike, gx_t, gv_t, gu_t, gs_t = xs
+        v, u, i, spike, *per_step = xs
+        gx_t, gv_t, gu_t, gs_t = (g if c is None else jnp.broadcast_to(c.astype(dtype), v.shape)
+                                  for g, c in zip(per_step, uniform))
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
         (x_t, _, _), vjp = jax.vjp(partial(local, spike=spike), v, u, i, wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next

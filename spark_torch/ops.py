@@ -23,6 +23,7 @@ cotangent is turned into dL/dx inside the reverse scan and no x trace is materia
 
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 import numpy as np
@@ -114,6 +115,7 @@ def izhikevich_scan_backward(
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
                    surrogate, surrogate_param):
+    g_x, g_v, g_u, g_spikes = map(_uniform_as_scalar, (g_x, g_v, g_u, g_spikes))
     with precision_scope(_np_dtype(current.dtype)):
         cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
             (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes")))
@@ -131,6 +133,13 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
 def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes=None, surrogate="",
       surrogate_param=0.0):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
+
+
+def _uniform_as_scalar(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A broadcast (all strides 0) gradient, e.g. from ``y.sum()``, crosses as its one value (0-d)."""
+    if grad is None or grad.dim() == 0 or any(grad.stride()):
+        return grad
+    return grad.new_empty(()).copy_(grad.as_strided((), ()))
 
 
 def _params_to_jax(params) -> IzhikevichParams:
@@ -173,11 +182,35 @@ class _EagerScan(torch.autograd.Function):
         return (g_current, g_v0, g_u0, None, None, None, None, *g_params)
 
 
+_kernel_ran_here = False  # has this process run the JAX kernel (so JAX's thread pools exist)?
+_forked_after_kernel = False
+
+
+def _mark_forked_child() -> None:
+    global _forked_after_kernel, _kernel_ran_here
+    _forked_after_kernel, _kernel_ran_here = _kernel_ran_here, False
+
+
+os.register_at_fork(after_in_child=_mark_forked_child)
+
+
+def _check_not_forked() -> None:
+    """JAX deadlocks in a ``fork``-ed child of a process that has run it: fail loudly instead of hanging."""
+    if _forked_after_kernel:
+        raise RuntimeError(
+            "spark_torch: this process was fork()-ed after JAX ran in its parent, and JAX cannot run in such "
+            "a child (it hangs). Start worker processes with 'spawn' or 'forkserver', e.g. "
+            "DataLoader(..., multiprocessing_context='spawn') or torch.multiprocessing.set_start_method('spawn')")
+
+
 def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float,
          scheme: str, surrogate: str = "", surrogate_param: float = 0.0):
     """What the module calls: the custom op :func:`izhikevich_scan` under ``torch.compile`` (an opaque
     node, fake shapes, registered autograd), a plain ``autograd.Function`` over the same
     implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs."""
+    global _kernel_ran_here
     if torch.compiler.is_compiling():
         return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param)
+    _check_not_forked()
+    _kernel_ran_here = True
     return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, *params)

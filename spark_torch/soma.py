@@ -39,7 +39,7 @@ from torch import nn
 
 from .config import IzhikevichSomaConfig
 from .ops import SUPPORTED_DTYPES, scan
-from .surrogate import fused_surrogate
+from .surrogate import SnnTorchSurrogate, fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 _HIDDEN_STATE = ("mem", "potential", "recovery")
@@ -108,6 +108,8 @@ class IzhikevichSoma(snn.Leaky):
         _reject_unsupported_kwargs(overrides, reset_mechanism)
         config = _resolve_config(config, overrides)
         learnable = _resolve_learnable(learnable, learn_threshold)
+        if spike_grad is None:  # snnTorch's default atan(alpha=2.0), but picklable
+            spike_grad = SnnTorchSurrogate("atan", 2.0)
         snn.SpikingNeuron.__init__(
             self, threshold=0.0, spike_grad=spike_grad, surrogate_disable=surrogate_disable,
             init_hidden=init_hidden, inhibition=False, learn_threshold=False, reset_mechanism="zero",
@@ -193,14 +195,19 @@ class IzhikevichSoma(snn.Leaky):
         if self.init_hidden and mem is not None:
             raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
         step_input = not self.sequence
+        cur = _autocast_to_float32(cur)
         self._check_input(cur, "cur", sequence=self.sequence)
+        state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
+        if mem is not None:  # validated before anything (build, state) changes
+            _check_state_tensor(mem, state_shape, cur.dtype)
+            if self.check_finite and mem.numel() and not torch.compiler.is_compiling() and not _all_finite(mem):
+                raise ValueError("`mem` contains NaN or Inf; pass a finite membrane (or check_finite=False)")
         if not self.built:
             if torch.compiler.is_compiling():
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(tuple(cur.shape[1:] if step_input else cur.shape[2:]), dtype=cur.dtype, device=cur.device)
         self._check_params_match(cur)
-        state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
         if self.sequence and mem is None and not self.init_hidden:
             v0, u0 = self._rest_state(state_shape, cur.dtype)  # like nn.RNN without h0: each sequence from rest
         else:
@@ -257,8 +264,6 @@ class IzhikevichSoma(snn.Leaky):
     def _initial_state(self, mem_arg: Optional[torch.Tensor], shape: tuple, dtype):
         """The state ``(v, u)`` a call starts from; see the module docstring for the rule."""
         mem = self.mem if mem_arg is None else mem_arg
-        if mem_arg is not None:
-            _check_state_tensor(mem_arg, shape, dtype)
         if tuple(mem.shape) != shape:
             return self._rest_state(shape, dtype)
         if self._is_own(mem):
@@ -320,12 +325,26 @@ class IzhikevichSoma(snn.Leaky):
             parts.append("init_hidden=True")
         return ", ".join(parts)
 
+    def __setstate__(self, state):
+        """After unpickling or ``copy.deepcopy``, the copied emitted ``mem`` is still this layer's own."""
+        super().__setstate__(state)
+        self._emitted = tuple((t, t._version) for t, _ in self.__dict__.get("_emitted", ()))
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "threshold"
         if not self.built and key in state_dict:
             saved = state_dict[key]
             self.build(tuple(saved.shape), dtype=saved.dtype, device=saved.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+
+def _autocast_to_float32(cur: torch.Tensor) -> torch.Tensor:
+    """Inside an autocast region, half-precision activations are computed in float32 (like autocast's
+    float32 ops: the quadratic overflows float16 and bfloat16 cannot resolve the dynamics)."""
+    if isinstance(cur, torch.Tensor) and cur.dtype in (torch.float16, torch.bfloat16) \
+            and torch.is_autocast_enabled(cur.device.type):
+        return cur.float()
+    return cur
 
 
 def _all_finite(t: torch.Tensor) -> bool:

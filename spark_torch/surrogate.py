@@ -13,12 +13,44 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+import snntorch.surrogate as _snn_surrogate
+
 #: snnTorch factory name -> name of the closure variable holding its parameter.
 FUSABLE = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope"}
+_FUNCTIONS = {"atan": _snn_surrogate.ATan, "fast_sigmoid": _snn_surrogate.FastSigmoid,
+              "sigmoid": _snn_surrogate.Sigmoid}
+
+
+class SnnTorchSurrogate:
+    """A picklable ``snntorch.surrogate.<name>(param)``: calls the very same autograd Function.
+
+    snnTorch's factories return local closures, which cannot be pickled (``torch.save(model)``,
+    spawn-started DataLoader workers). ``IzhikevichSoma``'s default ``spike_grad`` is
+    ``SnnTorchSurrogate("atan", 2.0)``, identical to snnTorch's default ``atan(alpha=2.0)``.
+    """
+
+    def __init__(self, name: str, param: float):
+        if name not in _FUNCTIONS:
+            raise ValueError(f"`name` (={name!r}) must be one of {tuple(_FUNCTIONS)}")
+        self.name, self.param = name, float(param)
+
+    def __call__(self, x):
+        return _FUNCTIONS[self.name].apply(x, self.param)
+
+    def __eq__(self, other):
+        return isinstance(other, SnnTorchSurrogate) and (self.name, self.param) == (other.name, other.param)
+
+    def __hash__(self):
+        return hash((self.name, self.param))
+
+    def __repr__(self):
+        return f"SnnTorchSurrogate({self.name!r}, {self.param})"
 
 
 def fused_surrogate(spike_grad: Callable) -> Optional[tuple[str, float]]:
     """``(name, parameter)`` if ``spike_grad`` is an unmodified snnTorch built-in we can fuse, else ``None``."""
+    if isinstance(spike_grad, SnnTorchSurrogate):
+        return spike_grad.name, spike_grad.param
     if getattr(spike_grad, "__module__", None) != "snntorch.surrogate":
         return None
     factory, _, rest = getattr(spike_grad, "__qualname__", "").partition(".")

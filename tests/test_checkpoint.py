@@ -172,13 +172,6 @@ def test_split_run_by_passing_mem_back_is_not_exact_today():
     assert not torch.equal(mem2, expected[T // 2][1])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: copy.deepcopy(layer) mid-run does not continue the run: the copied `mem` gets _version 1 (its "
-    "storage is written by copy_) while _emitted recorded version 0, so _is_own() fails and the copy "
-    "restarts from (v_r + mem·(v_pk−v_r), u = b·v). deepcopy is common (EMA/teacher models, "
-    "checkpoint-by-copy). Fix: implement __deepcopy__/__setstate__ to re-register the copied mem/also_own "
-    "tensors with their current versions, or track ownership with an explicit token instead of "
-    "(data_ptr, version)."))
 def test_deepcopy_mid_run_continues_identically():
     x = _drive((T, B, N), 4)
     layer = IzhikevichSoma(_cfg(), units=(N,))
@@ -190,13 +183,6 @@ def test_deepcopy_mid_run_continues_identically():
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]), f"step {t}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: the layer cannot be pickled (torch.save(model), DataLoader spawn/forkserver workers holding "
-    "the layer, multiprocessing): the default spike_grad is snntorch.surrogate.atan()'s local closure "
-    "'atan.<locals>.inner'. (snn.Leaky has the same limitation upstream.) Fix: default to a picklable "
-    "module-level callable with the identical gradient, e.g. class _ATan: def __call__(self, x): return "
-    "snntorch.surrogate.ATan.apply(x, 2.0); or __getstate__ that swaps the default closure for a marker "
-    "and __setstate__ that recreates it."))
 def test_whole_layer_pickles():
     layer = IzhikevichSoma(_cfg(), units=(N,))
     layer(_drive((B, N)))

@@ -14,6 +14,7 @@ All of it runs in ~30 s on 2 cores.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -203,10 +204,6 @@ def test_dataloader_workers_with_picklable_spike_grad(ctx):
     _check_loader(LayerDataset(spike_grad=surrogate.StraightThroughEstimator.apply), ctx)
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason=(
-    "DEFECT: a dataset holding a default IzhikevichSoma cannot be sent to spawn/forkserver workers: "
-    "pickling fails on the default spike_grad closure ('atan.<locals>.inner'). See "
-    "test_checkpoint.py::test_whole_layer_pickles for the fix (picklable default surrogate)."))
 @pytest.mark.parametrize("ctx", ["spawn"])
 def test_dataloader_workers_with_default_layer(ctx):
     _check_loader(LayerDataset(), ctx)
@@ -237,23 +234,19 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT: DataLoader(multiprocessing_context='fork') workers HANG (no error, no progress) once JAX/XLA "
-    "ran a sizeable computation in the parent (BRIDGE_NOTES #12; reproduced here: [50,32,1024] sequences "
-    "in the parent; a tiny parent computation did not hang). fork is torch's default start method on "
-    "Linux, so this is the default DataLoader. Fix: os.register_at_fork(after_in_child=...) in spark_torch "
-    "marks the process as forked-after-JAX, and the next kernel call raises RuntimeError('spark_torch: JAX "
-    "cannot run in a process forked after JAX started; use multiprocessing_context=\"spawn\" or "
-    "\"forkserver\"') instead of deadlocking; document spawn/forkserver in the README."))
 def test_dataloader_fork_after_jax_ran_in_parent():
     """Run in a subprocess with a timeout so that a hang fails this test instead of blocking the suite.
     Passes when fork either works or fails fast with an error that recommends spawn/forkserver."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+    # own session, so that on a hang the whole group (the script AND its hung DataLoader workers) is killed
+    proc = subprocess.Popen([sys.executable, "-c", FORK_SCRIPT], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([sys.executable, "-c", FORK_SCRIPT], env=env, capture_output=True, text=True,
-                              timeout=25)
+        out, err = proc.communicate(timeout=25)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
         pytest.fail("DataLoader with multiprocessing_context='fork' hung after JAX ran in the parent")
-    ok = proc.returncode == 0 and "FORK-OK" in proc.stdout
-    clear_error = proc.returncode != 0 and "spawn" in proc.stderr and "Traceback" in proc.stderr
-    assert ok or clear_error, proc.stderr[-2000:]
+    ok = proc.returncode == 0 and "FORK-OK" in out
+    clear_error = proc.returncode != 0 and "spawn" in err and "Traceback" in err
+    assert ok or clear_error, err[-2000:]

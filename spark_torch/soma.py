@@ -215,16 +215,16 @@ class IzhikevichSoma(snn.Leaky):
         sequence = cur.unsqueeze(0) if step_input else cur
         fused = self._fused_surrogate()
         spikes, x, v, u = scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-                                          float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
+                               float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
         spk = self._emit(spikes, x, fused is not None)
-        mem_trace = self._normalize(v)
         v_last, u_last = v[-1], u[-1]
-        mem_last = self._normalize(v_last)
-        self._set_state(mem_last, v_last, u_last, also_own=mem_trace[-1])
+        mem_last = self._normalize(v_last)  # a fresh tensor (not a view), so snnTorch may detach_() it
         if step_input:
+            self._set_state(mem_last, v_last, u_last)
             spk, mem_out = spk[0], mem_last
         else:
-            mem_out = mem_trace
+            mem_out = self._normalize(v)
+            self._set_state(mem_last, v_last, u_last, also_own=mem_out[-1])
         if self.output:
             return spk, mem_out
         if self.init_hidden:

@@ -21,3 +21,10 @@ def test_ci_runs_exactly_the_readme_test_command():
     ci_lines = (ROOT / ".ci" / "run").read_text().splitlines()
     assert test_command in ci_lines
     assert any("spark-torch demo" in c for c in commands)
+
+
+def test_quickstart_runs_as_written():
+    code = re.search(r"## Quickstart\n\n```python\n(.*?)```", README, re.S).group(1)
+    namespace = {}
+    exec(compile(code, "README quickstart", "exec"), namespace)
+    assert namespace["spikes"].shape == (25, 32, 10)

@@ -357,16 +357,24 @@ class IzhikevichSomaConfig:
         return type(self)(skip, **{**values, **overrides})
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able dict: floats, ``{"array", "shape"}`` for arrays, initializer dicts."""
-        return {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        """Plain JSON-able dict: floats, ``{"array", "shape"}`` for arrays, initializer dicts.
+
+        A config made with ``__skip_validation__=True`` carries that flag, so it round-trips.
+        """
+        d = {f.name: _encode(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        if self.skip_validation:
+            d["__skip_validation__"] = True
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "IzhikevichSomaConfig":
         """Inverse of :meth:`to_dict` (validates; unknown keys raise TypeError)."""
         if not isinstance(d, dict):
             raise TypeError(f"from_dict: expected a dict, got {type(d).__name__}")
+        d = dict(d)
+        skip = d.pop("__skip_validation__", False)
         cls._check_names(d, "IzhikevichSomaConfig.from_dict")
-        return cls(**{k: _decode(v) for k, v in d.items()})
+        return cls(__skip_validation__=skip, **{k: _decode(v) for k, v in d.items()})
 
     def to_json(self, **kwargs: Any) -> str:
         """JSON string of :meth:`to_dict` (``kwargs`` go to ``json.dumps``)."""

@@ -330,12 +330,58 @@ class IzhikevichSoma(snn.Leaky):
         super().__setstate__(state)
         self._emitted = tuple((t, t._version) for t, _ in self.__dict__.get("_emitted", ()))
 
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def persist_hidden(self) -> bool:
+        """Whether ``state_dict()`` carries the hidden state (``mem``, ``potential``, ``recovery``).
+
+        Off by default (as in snnTorch). On: a checkpoint taken mid-run resumes bit-identically.
+        """
+        return "mem" not in self._non_persistent_buffers_set
+
+    @persist_hidden.setter
+    def persist_hidden(self, enabled: bool) -> None:
+        for name in _HIDDEN_STATE:
+            (self._non_persistent_buffers_set.discard if enabled else self._non_persistent_buffers_set.add)(name)
+
+    def get_extra_state(self) -> dict:
+        """Stored in ``state_dict()`` as ``_extra_state``: the config, the units and the learnable fields."""
+        return {"format": 1, "config": self.config.to_dict(), "units": None if self.units is None else list(self.units),
+                "learnable": list(self.learnable)}
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = IzhikevichSomaConfig.from_dict(state["config"])
+        for name in ("dt", "scheme"):
+            if getattr(saved, name) != getattr(self.config, name):
+                raise ValueError(f"the checkpoint was made with `{name}` = {getattr(saved, name)!r}, but this layer "
+                                 f"has `{name}` = {getattr(self.config, name)!r}; build the layer with the saved "
+                                 "config (IzhikevichSoma.from_state_dict) or change its config first")
+        self.config = saved
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping, **kwargs) -> "IzhikevichSoma":
+        """Rebuild a layer from ``state_dict()`` alone (config, units, learnables and values).
+
+        ``kwargs`` are the non-config constructor arguments (``spike_grad``, ``init_hidden``, ...).
+        """
+        extra = state_dict["_extra_state"]
+        layer = cls(IzhikevichSomaConfig.from_dict(extra["config"]), learnable=tuple(extra["learnable"]),
+                    units=extra["units"], **kwargs)
+        layer.persist_hidden = "mem" in state_dict
+        layer.load_state_dict(state_dict)
+        return layer
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "threshold"
         if not self.built and key in state_dict:
             saved = state_dict[key]
             self.build(tuple(saved.shape), dtype=saved.dtype, device=saved.device)
+        hidden = [state_dict.get(prefix + name) for name in _HIDDEN_STATE]
+        if self.persist_hidden and all(t is not None for t in hidden):
+            self._set_state(*(torch.empty_like(t) for t in hidden))  # shapes of the saved state
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        if self.persist_hidden and all(t is not None for t in hidden):
+            self._set_state(self.mem, self.potential, self.recovery)  # the loaded mem is this layer's own
 
 
 def _autocast_to_float32(cur: torch.Tensor) -> torch.Tensor:

@@ -97,12 +97,6 @@ def test_resume_at_a_reset_boundary_is_bit_identical():
 
 # ------------------------------------------------------------------------------------------------ config in the state_dict
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MISSING: the config is not in state_dict — dt, scheme, seed and the initializers are lost, and "
-    "loading into a layer built with another config silently simulates other dynamics. Suggested API: "
-    "get_extra_state() returns {'config': config.to_dict(), 'units': units, 'format': 1} and "
-    "set_extra_state() checks it (ValueError naming the differing field, or adopts it), plus a classmethod "
-    "IzhikevichSoma.from_state_dict(sd, **module_kwargs) that rebuilds the layer from the state_dict alone."))
 def test_state_dict_carries_the_config():
     layer = IzhikevichSoma(_cfg(), units=(N,))
     sd = _roundtrip(layer.state_dict())
@@ -113,10 +107,6 @@ def test_state_dict_carries_the_config():
         assert torch.equal(getattr(rebuilt, name), getattr(layer, name))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MISSING: load_state_dict into a layer with a different dt/scheme succeeds silently (the parameters "
-    "are loaded, layer.config keeps the other dt/scheme), so the resumed run computes different dynamics. "
-    "Fix: carry the config in extra state and raise a ValueError naming the field (or adopt the saved one)."))
 def test_loading_into_a_layer_with_another_dt_or_scheme_is_not_silent():
     layer = IzhikevichSoma(_cfg(), units=(N,))
     other = IzhikevichSoma(units=(N,), resistance=10.0)  # dt = 1.0, scheme = euler
@@ -135,12 +125,6 @@ def _unbroken(x):
     return [layer(x[t]) for t in range(T)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "MISSING: the hidden state (mem, potential = v, recovery = u) is registered non-persistent, so it is "
-    "not in state_dict and a mid-run checkpoint cannot resume; passing the saved `mem` back is not enough "
-    "either (u is re-derived as b·v). Suggested API: a flag `layer.persist_hidden = True` (or constructor "
-    "`save_hidden=True`) that puts mem/potential/recovery into state_dict, and a load that restores them "
-    "and marks the loaded mem as the layer's own so the next call continues from (v, u) exactly."))
 def test_split_run_with_hidden_state_in_state_dict_is_bit_identical():
     x = _drive((T, B, N), 3)
     expected = _unbroken(x)
@@ -234,10 +218,6 @@ def test_config_json_preserves_float64_values_exactly():
     assert np.array_equal(back.recovery_update, values)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (minor): a config made with __skip_validation__=True does not round-trip: to_dict() drops the "
-    "flag and from_dict() re-validates, raising on the values the user explicitly allowed. Fix: serialize "
-    "the flag (e.g. '__skip_validation__': true in to_dict, honoured by from_dict)."))
 def test_config_with_skipped_validation_round_trips_through_json():
     cfg = IzhikevichSomaConfig(__skip_validation__=True, threshold=-100.0)
     back = IzhikevichSomaConfig.from_json(cfg.to_json())

@@ -99,9 +99,9 @@ class SparkStep(Contender):
 class JaxDirect(Contender):
     """The spark_torch JAX kernel called directly (no torch, no DLPack): the bridge-overhead baseline.
 
-    Keep in step with what :mod:`spark_torch.ops` calls. Uses ``kernel.simulate_forward`` /
-    ``kernel.simulate_backward`` (with the fast-sigmoid derivative applied in JAX between them);
-    falls back to ``jax.vjp`` of ``kernel.simulate`` if that API is not there.
+    Keep in step with what :mod:`spark_torch.ops` calls: ``kernel.simulate_forward`` (float spikes, no
+    ``x`` trace) and ``kernel.simulate_backward`` with the fast-sigmoid surrogate fused, as the layer
+    runs them; falls back to ``jax.vjp`` of ``kernel.simulate`` if that API is not there.
     """
 
     name, label = "jax_direct", "spark kernel direct (JAX)"
@@ -120,6 +120,8 @@ class JaxDirect(Contender):
         self.wj = None if self.loss == "sum" else jnp.asarray(
             torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy())
         self.dsg = jax.jit(lambda x, w: (1.0 if w is None else w) / (SLOPE * jnp.abs(x) + 1.0) ** 2)
+        self.n_steps = np.int32(T)
+        self.g_spikes = jnp.asarray(1.0, f32) if self.wj is None else self.wj
         self.path = "simulate_forward/simulate_backward"
         try:
             jax.block_until_ready(self._fwdbwd_split())
@@ -128,13 +130,16 @@ class JaxDirect(Contender):
         self.note = f"JAX kernel without the torch bridge, via {self.path}"
 
     def _fwd(self):
-        return self.kernel.simulate_forward(self.Ij, self.state, self.params, dt=DT, scheme="euler")
+        return self.kernel.simulate_forward(self.Ij, self.state, self.params, self.n_steps, dt=DT, scheme="euler",
+                                            spike_dtype=np.float32, return_x=False)
+
+    def _bwd(self, traj):
+        return self.kernel.simulate_backward(self.Ij, self.state, self.params, traj, (None, None, None, self.g_spikes),
+                                             self.n_steps, dt=DT, scheme="euler", param_mask=(False,) * 7,
+                                             surrogate=("fast_sigmoid", SLOPE))
 
     def _fwdbwd_split(self):
-        traj = self._fwd()
-        g_x = self.dsg(traj.x, self.wj)
-        return self.kernel.simulate_backward(self.Ij, self.state, self.params, traj, (g_x, None, None),
-                                             dt=DT, scheme="euler", param_mask=(False,) * 7)
+        return self._bwd(self._fwd())
 
     def _fwdbwd_vjp(self):
         traj, vjp = self.jax.vjp(lambda i: self.kernel.simulate(i, self.state, self.params, DT, "euler"), self.Ij)

@@ -52,14 +52,9 @@ def profile_spark(spark, jax_direct=None, iters=3) -> dict:
                         "calls_per_call": e.count / iters} for e in top]}
     if jax_direct is not None and jax_direct.path.startswith("simulate_forward"):
         import jax
-        k = jax_direct.kernel
         traj = jax.block_until_ready(jax_direct._fwd())
-        g_x = jax.block_until_ready(jax_direct.dsg(traj.x, jax_direct.wj))
         out["kernel_fwd_ms"] = _median_time(lambda: jax.block_until_ready(jax_direct._fwd()))
-        out["kernel_surrogate_ms"] = _median_time(lambda: jax.block_until_ready(jax_direct.dsg(traj.x, jax_direct.wj)))
-        out["kernel_bwd_ms"] = _median_time(lambda: jax.block_until_ready(k.simulate_backward(
-            jax_direct.Ij, jax_direct.state, jax_direct.params, traj, (g_x, None, None), dt=1.0, scheme="euler",
-            param_mask=(False,) * 7)))
+        out["kernel_bwd_ms"] = _median_time(lambda: jax.block_until_ready(jax_direct._bwd(traj)))
         out["bridge_fwd_ms"] = op_fwd - out["kernel_fwd_ms"]
         out["bridge_bwd_ms"] = op_bwd - out["kernel_bwd_ms"]
     return out
@@ -119,7 +114,7 @@ def format_report(res: dict) -> str:
             p = rec.get("profile")
             if p:
                 keys = ("wall_fwdbwd_ms", "profiled_wall_ms", "op_fwd_ms", "kernel_fwd_ms", "op_bwd_ms", "kernel_bwd_ms",
-                        "kernel_surrogate_ms", "torch_rest_ms")
+                        "torch_rest_ms")
                 lines.append(_size(rec).ljust(14) + "  ".join(f"{k[:-3]} {p[k]:.2f}" for k in keys if k in p))
                 lines.append(" " * 14 + "top self: " + ", ".join(
                     f"{o['op']} {o['self_ms_per_call']:.2f}" for o in p["top_ops"][:6]))

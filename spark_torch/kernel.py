@@ -1,4 +1,4 @@
-r"""The Izhikevich (2003) neuron as pure JAX functions: one step, a ``lax.scan`` over time, and its VJP.
+r"""The Izhikevich (2003) neuron as pure JAX functions: one step, a compiled loop over time, and its VJP.
 
 This module imports no torch; :mod:`spark_torch.ops` wraps it for PyTorch.
 
@@ -13,10 +13,19 @@ per neuron, with membrane ``v`` (mV), recovery ``u`` (mV/ms), input current ``I`
                               v* = v½ + (dt/2)·f(v½, u, I)
                               u* = u + dt·a·(b·v* − u)               (the paper's MATLAB code)
 
+    bound   v½, v* are confined to [−V_LIMIT, V_LIMIT] = [−1e5, 1e5] mV  (see below)
     spike   s      = v* >= v_pk                                      (tested on the integrated value)
     reset   v_next = c      if s else v*
             u_next = u* + d if s else u*
     output  x      = (v* − v_pk) / (v_pk − v_r)                      (0 at threshold, −1 at rest)
+
+Bound: the quadratic makes the model blow up for large inputs (the next step squares the membrane, and
+in the paper's scheme ``u*`` feeds on the overshoot ``v*``), so an extreme but finite current — e.g. |R·I|
+near the dtype's maximum, or a single 1e6-pA pulse in scheme ``"izhikevich2003"`` — would overflow to
+Inf and then NaN. Like NEST's ``V_min``, every integrated membrane value (``v½`` and ``v*``) is clipped to
+``±V_LIMIT``; its gradient is 0 where the clip is active. Ordinary trajectories never reach it (the
+paper's scheme overshoots to ~2e3 mV at drive R·I = 100, Euler stays below ~1e3), so it changes nothing
+there; it guarantees that finite input gives finite state, spikes, ``x`` and gradients.
 
 Gradients treat the spike in the reset as a constant (as snnTorch detaches its reset); the spike
 itself is not differentiated here: the caller applies a surrogate to ``x`` and sends back ``dL/dx``.
@@ -37,9 +46,13 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax import lax
 import numpy as np
 
 SCHEMES = ("euler", "izhikevich2003")
+
+#: Bound (mV) on every integrated membrane value, ``v½`` and ``v*`` (module docstring, "Bound").
+V_LIMIT = 1e5
 
 
 class IzhikevichParams(NamedTuple):
@@ -100,16 +113,21 @@ def _drive(v, u, current, p: IzhikevichParams):
     return 0.04 * v * v + 5.0 * v + 140.0 - u + p.resistance * current
 
 
+def _confine(v):
+    """Clip an integrated membrane value to ``[-V_LIMIT, V_LIMIT]`` mV (NaN stays NaN)."""
+    return jnp.clip(v, -V_LIMIT, V_LIMIT)
+
+
 def _integrate(v, u, current, p: IzhikevichParams, dt: float, scheme: str):
     """One integration step before spike detection: returns ``(v*, u*)``."""
     a, b = p.recovery_timescale, p.recovery_sensitivity
     if scheme == "euler":
-        v_star = v + dt * _drive(v, u, current, p)
+        v_star = _confine(v + dt * _drive(v, u, current, p))
         u_star = u + dt * a * (b * v - u)
     elif scheme == "izhikevich2003":
         half = 0.5 * dt
-        v_half = v + half * _drive(v, u, current, p)
-        v_star = v_half + half * _drive(v_half, u, current, p)
+        v_half = _confine(v + half * _drive(v, u, current, p))
+        v_star = _confine(v_half + half * _drive(v_half, u, current, p))
         u_star = u + dt * a * (b * v_star - u)
     else:
         raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
@@ -152,52 +170,90 @@ def surrogate_derivative(name: str, param: float, x):
     raise ValueError(f"`surrogate` (={name!r}) must be one of ('atan', 'fast_sigmoid', 'sigmoid')")
 
 
-def _simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: float, scheme: str,
+#: Time buffers are at least this long: XLA simplifies a one-trip loop into straight-line code that
+#: rounds differently, so a length-1 call runs in a 2-row buffer (see :func:`_simulate`).
+MIN_BUFFER_STEPS = 2
+
+
+def _at_least_two_rows(a):
+    """Pad a ``[1, ...]`` time buffer with a zero row (inside the executable); others unchanged."""
+    if a is None or jnp.ndim(a) == 0 or a.shape[0] >= MIN_BUFFER_STEPS:
+        return a
+    return jnp.concatenate([a, jnp.zeros((MIN_BUFFER_STEPS - a.shape[0], *a.shape[1:]), a.dtype)])
+
+
+def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
               spike_dtype=None, return_x: bool = True) -> Trajectory:
-    """The forward scan; ``return_x=False`` skips the ``x`` trace (a fused surrogate needs none)."""
+    """The forward loop over the first ``n_steps`` rows of ``current`` (a buffer ``[T_buf, ...]``).
+
+    ``n_steps`` is a *runtime* int32 scalar (``0 <= n_steps <= T_buf``), so the loop is a while loop
+    whose body XLA compiles the same way for every buffer length: a sequence call, T one-step calls
+    and a call on a padded buffer give bit-identical results. Rows ``t >= n_steps`` of the outputs
+    are zero. ``return_x=False`` skips the ``x`` trace (a fused surrogate needs none).
+    """
     dtype = current.dtype
     spike_dtype = jnp.bool_ if spike_dtype is None else spike_dtype
     params = _cast_params(params, dtype)
-    state = IzhikevichState(jnp.asarray(state.v, dtype), jnp.asarray(state.u, dtype))
+    n_rows = current.shape[0]
+    current = _at_least_two_rows(current)
+    shape = current.shape[1:]
+    state = IzhikevichState(jnp.broadcast_to(jnp.asarray(state.v, dtype), shape),
+                            jnp.broadcast_to(jnp.asarray(state.u, dtype), shape))
 
-    def body(carry, current_t):
-        (spike, x), nxt = step(carry, current_t, params, dt=dt, scheme=scheme)
-        return nxt, (spike.astype(spike_dtype), x if return_x else None, nxt.v, nxt.u)
+    def body(t, carry):
+        state, traces = carry
+        (spike, x), nxt = step(state, lax.dynamic_index_in_dim(current, t, keepdims=False), params,
+                               dt=dt, scheme=scheme)
+        values = (spike.astype(spike_dtype), x, nxt.v, nxt.u)
+        traces = tuple(None if buf is None else lax.dynamic_update_index_in_dim(buf, val, t, 0)
+                       for buf, val in zip(traces, values))
+        return nxt, traces
 
-    _, (spikes, x, v, u) = jax.lax.scan(body, state, current)
-    return Trajectory(spikes, x, v, u)
+    traces = (jnp.zeros(current.shape, spike_dtype), jnp.zeros(current.shape, dtype) if return_x else None,
+              jnp.zeros(current.shape, dtype), jnp.zeros(current.shape, dtype))
+    _, traces = lax.fori_loop(0, n_steps, body, (state, traces))
+    return Trajectory(*(None if a is None else a[:n_rows] for a in traces))
 
 
 def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
-                  dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
+                  n_steps, dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
                   surrogate: tuple[str, float] | None = None):
-    """Reverse scan: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace[, dL/dspikes])`` -> grads of
-    (current, state, params).
+    """Reverse loop: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace[, dL/dspikes])`` -> grads of
+    (current, state, params), over the first ``n_steps`` (runtime scalar) rows of the buffers.
 
     With ``surrogate=(name, param)`` (static) the spikes' cotangent is turned into ``dL/dx`` inside
-    the scan with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed).
+    the loop with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed).
 
     A cotangent may be ``None`` (that output was not used) or 0-d (the same value everywhere, as for
     ``loss = y.sum()``: it crosses as a scalar instead of a [T, B, N] copy); ``traj.x`` is not needed. Each step is
-    re-integrated from the saved pre-step state (``traj`` shifted by one) and differentiated with
-    ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly the forward's resets.
-    ``param_mask`` (static) selects the parameters whose gradients are wanted (default: all); the
-    others are returned as zeros without being computed. Parameter gradients are accumulated at the
-    state's shape ``[*batch, *units]`` (elementwise adds in the loop) and reduced once at the end.
+    re-integrated from the saved pre-step state (``traj.v[t-1]``, or the initial state at ``t = 0``)
+    and differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly
+    the forward's resets. ``param_mask`` (static) selects the parameters whose gradients are wanted
+    (default: all); the others are returned as zeros without being computed. Parameter gradients are
+    accumulated at the state's shape ``[*batch, *units]`` (elementwise adds in the loop) and reduced
+    once at the end. Rows ``t >= n_steps`` of the current's gradient are zero.
     """
     dtype = current.dtype
     params = _cast_params(params, dtype)
     mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
     g_x, g_v, g_u, *g_spikes = cotangents
     g_spikes = g_spikes[0] if g_spikes else None
-    # A 0-d cotangent stands for the same value at every step and neuron (e.g. from ``loss = y.sum()``).
-    uniform = tuple(g if g is not None and jnp.ndim(g) == 0 else None for g in (g_x, g_v, g_u, g_spikes))
-    g_x, g_v, g_u, g_spikes = (None if c is not None else g for g, c in zip((g_x, g_v, g_u, g_spikes), uniform))
     if surrogate is None and g_spikes is not None:
         raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
-    n_steps, state_shape = traj.v.shape[0], traj.v.shape[1:]
-    v_prev = jnp.concatenate([jnp.broadcast_to(state.v, state_shape)[None], traj.v[:-1]])[:n_steps]
-    u_prev = jnp.concatenate([jnp.broadcast_to(state.u, state_shape)[None], traj.u[:-1]])[:n_steps]
+    n_rows = current.shape[0]
+    current, g_x, g_v, g_u, g_spikes = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes))
+    spikes, v_trace, u_trace = map(_at_least_two_rows, (traj.spikes, traj.v, traj.u))
+    spikes = spikes if spikes.dtype == jnp.bool_ else spikes != 0
+    state_shape = current.shape[1:]
+    v0, u0 = (jnp.broadcast_to(jnp.asarray(a, dtype), state_shape) for a in (state.v, state.u))
+
+    def row(a, t):
+        """Row ``t`` of a per-step cotangent; a 0-d cotangent stands for that value at every step."""
+        if a is None:
+            return None
+        if jnp.ndim(a) == 0:
+            return jnp.broadcast_to(a.astype(dtype), state_shape)
+        return lax.dynamic_index_in_dim(a, t, keepdims=False)
 
     def local(v, u, i, wanted, spike):
         wanted = iter(wanted)
@@ -205,31 +261,32 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         v_star, u_star = _integrate(v, u, i, p, dt, scheme)
         return _fire_and_reset(v_star, u_star, spike, p)
 
-    def body(carry, xs):
-        g_v_next, g_u_next, g_wanted = carry
-        v, u, i, spike, *per_step = xs
-        gx_t, gv_t, gu_t, gs_t = (g if c is None else jnp.broadcast_to(c.astype(dtype), v.shape)
-                                  for g, c in zip(per_step, uniform))
+    def body(k, carry):
+        g_v_next, g_u_next, g_wanted, g_current = carry
+        t = n_steps - 1 - k
+        before = jnp.maximum(t - 1, 0)
+        v = jnp.where(t == 0, v0, lax.dynamic_index_in_dim(v_trace, before, keepdims=False))
+        u = jnp.where(t == 0, u0, lax.dynamic_index_in_dim(u_trace, before, keepdims=False))
+        gx_t, gv_t, gu_t, gs_t = (row(a, t) for a in (g_x, g_v, g_u, g_spikes))
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
-        (x_t, _, _), vjp = jax.vjp(partial(local, spike=spike), v, u, i, wanted)
+        (x_t, _, _), vjp = jax.vjp(partial(local, spike=row(spikes, t)), v, u, row(current, t), wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
         if gs_t is not None:
             g_x_t = g_x_t + gs_t * surrogate_derivative(*surrogate, x_t)
         g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post))
-        return (g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p))), g_i
+        g_current = lax.dynamic_update_index_in_dim(g_current, g_i, t, 0)
+        return g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p)), g_current
 
     zeros_state = jnp.zeros(state_shape, dtype)
-    spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes != 0
-    xs = (v_prev, u_prev, current, spikes, g_x, g_v, g_u, g_spikes)
-    init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m))
-    (g_v0, g_u0, g_wanted), g_current = jax.lax.scan(body, init, xs, reverse=True)
+    init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m), jnp.zeros(current.shape, dtype))
+    g_v0, g_u0, g_wanted, g_current = lax.fori_loop(0, n_steps, body, init)
     g_wanted = iter(g_wanted)
     g_params = IzhikevichParams(*(_sum_to_shape(next(g_wanted), jnp.shape(q)) if m else jnp.zeros_like(q)
                                   for q, m in zip(params, mask)))
     g_state = IzhikevichState(_sum_to_shape(g_v0, jnp.shape(state.v)), _sum_to_shape(g_u0, jnp.shape(state.u)))
-    return g_current, g_state, g_params
+    return g_current[:n_rows], g_state, g_params
 
 
 def _sum_to_shape(g, shape):
@@ -241,10 +298,12 @@ def _sum_to_shape(g, shape):
 
 
 simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x"))
-simulate_forward.__doc__ = """Jitted forward scan: ``(current, state, params, dt, scheme[, spike_dtype]) -> Trajectory``."""
+simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype, return_x])
+-> Trajectory``. Pass ``n_steps`` as an array (e.g. ``np.int32(T)``): one executable per buffer shape."""
 
 simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
-simulate_backward.__doc__ = """Jitted reverse scan: ``(..., traj, (g_x, g_v, g_u), dt, scheme) -> grads``."""
+simulate_backward.__doc__ = """Jitted reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes]),
+n_steps, dt, scheme[, param_mask, surrogate]) -> (g_current, g_state, g_params)``."""
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -254,18 +313,18 @@ def simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: floa
     Differentiating through ``spikes`` is not possible (they are boolean); differentiate ``x``
     (via a surrogate), ``v`` or ``u``. Gradients flow to ``current``, ``state`` and ``params``.
     """
-    return _simulate(current, state, params, dt, scheme)
+    return _simulate(current, state, params, current.shape[0], dt, scheme)
 
 
 def _simulate_vjp_fwd(current, state, params, dt, scheme):
-    traj = _simulate(current, state, params, dt, scheme)
+    traj = _simulate(current, state, params, current.shape[0], dt, scheme)
     return traj, (current, state, params, traj)
 
 
 def _simulate_vjp_bwd(dt, scheme, residuals, cotangent: Trajectory):
     current, state, params, traj = residuals
     g_current, g_state, g_params = _simulate_bwd(
-        current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), dt, scheme)
+        current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), current.shape[0], dt, scheme)
     g_params = IzhikevichParams(*(_sum_to_shape(g, jnp.shape(p)) for g, p in zip(g_params, params)))
     return g_current, g_state, g_params
 

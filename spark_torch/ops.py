@@ -3,8 +3,10 @@
 Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
 autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
 ``torch.library.opcheck`` can verify it. Forward and backward each make exactly one jitted JAX call:
-:data:`spark_torch.kernel.simulate_forward` and the reverse scan
-:data:`spark_torch.kernel.simulate_backward`.
+:data:`spark_torch.kernel.simulate_forward` and the reverse loop
+:data:`spark_torch.kernel.simulate_backward`. The number of steps crosses as a runtime scalar, and the
+time buffers are either exactly ``T`` long or padded to a power of two (:data:`MAX_EXACT_LENGTHS`), so
+the number of compiled executables stays bounded however many sequence lengths a program uses.
 
 The op namespace carries a version (``spark_torch_v2``): change it whenever the schema or the
 backward changes, so that no stale compiled graph in an inductor cache can be reused.
@@ -58,14 +60,49 @@ def izhikevich_scan(
 
 
 def _forward_impl(current, v0, u0, params, dt, scheme, surrogate):
+    n_steps = current.shape[0]
+    n_buffer = buffer_length(n_steps)
     with precision_scope(_np_dtype(current.dtype)):
         traj = simulate_forward(
-            bridge.to_jax(current, "current"),
+            bridge.to_jax(_pad_steps(current, n_buffer), "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype),
+            _params_to_jax(params), np.int32(n_steps), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype),
             return_x=not surrogate)
-        spikes, x, v, u = bridge.results_to_torch(tuple(traj))
+        spikes, x, v, u = (None if a is None else a[:n_steps] for a in bridge.results_to_torch(tuple(traj)))
     return spikes, (current.new_empty(0) if x is None else x), v, u
+
+
+#: How many distinct sequence lengths T get a loop buffer of exactly T steps (and so an executable of
+#: their own, compiled on first use); every later new length runs in a buffer padded with zero current
+#: to the next power of two (the loop still stops after T steps), so that sequences of arbitrarily many
+#: lengths compile at most ``MAX_EXACT_LENGTHS + log2(T_max) + 1`` forward and backward executables per
+#: shape ``[*batch, *units]``, dtype, dt and scheme. Results do not depend on the buffer (bit-identical),
+#: only speed does: a padded call pays one copy of the input (and of its gradients) into the buffer.
+#: Set it before the first call; ``0`` pads every length that is not a power of two.
+MAX_EXACT_LENGTHS = 8
+_exact_lengths: set[int] = set()
+
+
+def buffer_length(n_steps: int) -> int:
+    """The loop buffer's length for a sequence of ``n_steps`` (see :data:`MAX_EXACT_LENGTHS`)."""
+    if n_steps in _exact_lengths:
+        return n_steps
+    if len(_exact_lengths) < MAX_EXACT_LENGTHS or n_steps & (n_steps - 1) == 0:
+        _exact_lengths.add(n_steps)
+        return n_steps
+    return 1 << (n_steps - 1).bit_length()
+
+
+def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int) -> Optional[torch.Tensor]:
+    """``tensor`` ``[T, ...]`` copied into a zero buffer ``[n_buffer, ...]`` (counted in
+    :data:`spark_torch.bridge.copy_counts` as "padded"); unchanged if it already has ``n_buffer`` rows
+    (or is ``None`` or 0-d)."""
+    if tensor is None or tensor.dim() == 0 or tensor.shape[0] == n_buffer:
+        return tensor
+    padded = tensor.new_zeros((n_buffer, *tensor.shape[1:]))
+    padded[: tensor.shape[0]] = tensor
+    bridge.copy_counts["padded"] += 1
+    return padded
 
 
 @izhikevich_scan.register_fake
@@ -122,7 +159,10 @@ def izhikevich_scan_backward(
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
                    surrogate, surrogate_param):
-    g_x, g_v, g_u, g_spikes = map(_uniform_as_scalar, (g_x, g_v, g_u, g_spikes))
+    n_steps = current.shape[0]
+    n_buffer = buffer_length(n_steps)
+    g_x, g_v, g_u, g_spikes = (_pad_steps(_uniform_as_scalar(g), n_buffer) for g in (g_x, g_v, g_u, g_spikes))
+    current, spikes, v, u = (_pad_steps(t, n_buffer) for t in (current, spikes, v, u))
     with precision_scope(_np_dtype(current.dtype)):
         cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
             (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes")))
@@ -130,10 +170,11 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
         grads = simulate_backward(
             bridge.to_jax(current, "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), traj, cotangents, dt=dt, scheme=scheme, param_mask=tuple(param_mask),
-            surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
+            _params_to_jax(params), traj, cotangents, np.int32(n_steps), dt=dt, scheme=scheme,
+            param_mask=tuple(param_mask), surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
         g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
-    return [g_current, _sum_to(g_v0, v0), _sum_to(g_u0, u0), *(_sum_to(g, p) for g, p in zip(g_params, params))]
+    return [g_current[:n_steps], _sum_to(g_v0, v0), _sum_to(g_u0, u0),
+            *(_sum_to(g, p) for g, p in zip(g_params, params))]
 
 
 @izhikevich_scan_backward.register_fake

@@ -1,4 +1,4 @@
-"""Test-wide settings: strict warnings for our code, a private inductor cache, deterministic seeds."""
+"""Test-wide settings: a private inductor cache, deterministic seeds, a fresh sequence-length record."""
 
 import os
 import tempfile
@@ -14,4 +14,15 @@ import torch  # noqa: E402
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _fresh_length_policy(monkeypatch):
+    """Each test starts with no recorded sequence lengths, so its lengths get exact loop buffers (as in a
+    program that uses a few lengths) regardless of what earlier tests ran; tests/test_soak.py covers the
+    padded buffers that a program with many lengths gets."""
+    from spark_torch import ops
+
+    monkeypatch.setattr(ops, "_exact_lengths", set())
     yield

@@ -6,6 +6,7 @@ left-to-right order so that a float64 run can match another float64 implementati
     f(v, u)  = 0.04*v*v + 5.0*v + 140.0 - u + R*I
     euler:     v* = v + dt*f(v, u);                          u* = u + dt*a*(b*v  - u)
     paper:     vh = v + half*f(v, u); v* = vh + half*f(vh, u); u* = u + dt*a*(b*v* - u)   (half = 0.5*dt)
+    bound:     vh and v* clipped to [-1e5, 1e5] mV as soon as they are computed (the documented bound)
     spike:     s  = v* >= v_pk
     reset:     v' = c if s else v*;   u' = u* + d if s else u*
 
@@ -95,16 +96,24 @@ def _f(v, u, i, p, k):
     return k[0] * v * v + k[1] * v + k[2] - u + p["resistance"] * i
 
 
+V_LIMIT = 1e5  # mV: the documented bound on v½ and v* (spark_torch.kernel.V_LIMIT), stated independently
+
+
+def _confine(v):
+    with np.errstate(over="ignore", invalid="ignore"):
+        return np.clip(v, -V_LIMIT, V_LIMIT)
+
+
 def _integrate(v, u, i, p, dt, scheme, dtype):
     k = (dtype.type(0.04), dtype.type(5.0), dtype.type(140.0))
     a, b = p["recovery_timescale"], p["recovery_sensitivity"]
     if scheme == "euler":
-        v_star = v + dt * _f(v, u, i, p, k)
+        v_star = _confine(v + dt * _f(v, u, i, p, k))
         u_star = u + dt * a * (b * v - u)
     elif scheme == "izhikevich2003":
         half = dtype.type(0.5) * dt
-        v_half = v + half * _f(v, u, i, p, k)
-        v_star = v_half + half * _f(v_half, u, i, p, k)
+        v_half = _confine(v + half * _f(v, u, i, p, k))
+        v_star = _confine(v_half + half * _f(v_half, u, i, p, k))
         u_star = u + dt * a * (b * v_star - u)
     else:
         raise ValueError(f"unknown scheme {scheme!r}")

@@ -26,15 +26,22 @@ def _f(v, u, i, p):
     return 0.04 * v * v + 5.0 * v + 140.0 - u + p["resistance"] * i
 
 
+V_LIMIT = 1e5  # mV: the documented bound on v½ and v*
+
+
+def _confine(v):
+    return torch.clamp(v, -V_LIMIT, V_LIMIT)
+
+
 def integrate(v, u, i, p, dt, scheme):
     """One step before spike detection: ``(v*, u*)``."""
     a, b = p["recovery_timescale"], p["recovery_sensitivity"]
     if scheme == "euler":
-        return v + dt * _f(v, u, i, p), u + dt * a * (b * v - u)
+        return _confine(v + dt * _f(v, u, i, p)), u + dt * a * (b * v - u)
     if scheme == "izhikevich2003":
         half = 0.5 * dt
-        v_half = v + half * _f(v, u, i, p)
-        v_star = v_half + half * _f(v_half, u, i, p)
+        v_half = _confine(v + half * _f(v, u, i, p))
+        v_star = _confine(v_half + half * _f(v_half, u, i, p))
         return v_star, u + dt * a * (b * v_star - u)
     raise ValueError(f"unknown scheme {scheme!r}")
 

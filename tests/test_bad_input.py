@@ -29,7 +29,7 @@ import pytest
 import torch
 from torch import nn
 
-from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Uniform, bridge
+from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Uniform, bridge, kernel
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402
@@ -275,7 +275,8 @@ def test_check_finite_false_skips_the_check_and_documents_the_consequence():
     * NaN current: no spike (NaN >= v_pk is False), ``mem``/``potential`` NaN; ``recovery`` is still
       finite after that step (u* uses the OLD v) and NaN from the next step on. ``reset()`` recovers.
     * +Inf current: v* = +Inf >= v_pk, so the neuron spikes and resets: state stays finite.
-    * -Inf current: ``mem``/``potential`` -Inf, then NaN (Inf - Inf in the quadratic) on the next step.
+    * -Inf current: v* is clipped to the documented bound ``-kernel.V_LIMIT`` (finite state); the next
+      ordinary step overshoots from there and spikes.
     """
     layer = IzhikevichSoma(units=(N,), resistance=10.0, check_finite=False)
     spk, mem = layer(torch.full((B, N), float("nan")))
@@ -291,11 +292,12 @@ def test_check_finite_false_skips_the_check_and_documents_the_consequence():
     spk, mem = layer(torch.full((B, N), float("inf")))
     assert (spk == 1).all() and (mem == 0).all() and torch.isfinite(layer.recovery).all()
 
-    layer.reset()
+    layer.reset()  # -Inf drive: v* is clipped to the documented bound -V_LIMIT, so the state stays finite
     spk, mem = layer(torch.full((B, N), -float("inf")))
-    assert (spk == 0).all() and (mem == -float("inf")).all()
-    spk, mem = layer(torch.ones(B, N))
-    assert layer.potential.isnan().all() or layer.recovery.isnan().all() or mem.isnan().all()
+    assert (spk == 0).all() and (layer.potential == -kernel.V_LIMIT).all()
+    torch.testing.assert_close(mem, torch.full_like(mem, (-kernel.V_LIMIT + 65.0) / 95.0))
+    spk, mem = layer(torch.ones(B, N))  # the quadratic at -1e5 mV overshoots: a (spurious) spike, no NaN
+    assert (spk == 1).all() and torch.isfinite(layer.potential).all() and torch.isfinite(layer.recovery).all()
 
 
 def test_check_finite_false_gives_the_same_result_on_finite_input():
@@ -502,13 +504,6 @@ def test_large_finite_input_gives_no_nan_in_spikes_mem_state(magnitude, dtype):
     assert _all_finite(layer, spk, layer.mem)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (SPEC §5): an extreme but finite current whose drive R·I overflows the dtype (float32: "
-    "|R·I| > 3.4e38, e.g. I = -3e38 pA with R = 10 GΩ; float64: I = -1.7e308) makes v* = -Inf, then "
-    "Inf - Inf = NaN in the quadratic on the next step: NaN in mem, potential and recovery. (At |I| <= 1e37 "
-    "the forward stays finite.) Fix: choose and document a bound — e.g. clamp v* from below like NEST's "
-    "V_min (v* = max(v*, V_min), V_min a config field, default e.g. -1e3 mV or -inf to disable) and clamp "
-    "the drive into the finite range, or reject |R·I·dt| above a stated bound with a ValueError naming `cur`."))
 @pytest.mark.parametrize("dtype,value", [(torch.float32, -3.0e38), (torch.float64, -1.7e308)], ids=["f32", "f64"])
 def test_overflowing_finite_input_gives_no_nan(dtype, value):
     layer = IzhikevichSoma(units=(1,), resistance=10.0, sequence=True, init_hidden=True).to(dtype)
@@ -518,10 +513,6 @@ def test_overflowing_finite_input_gives_no_nan(dtype, value):
     assert _all_finite(layer, spk, layer.mem)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (SPEC §2/§5 spirit): finite input of -1e30 pA gives NaN gradients for learnable parameters "
-    "(threshold) — the reverse scan multiplies Inf (d v*/d v = 1 + dt(0.08 v + 5) at v ~ -1e31, then "
-    "overflowed quadratic) by 0. A V_min clamp (see the forward overflow xfail) bounds v and fixes this too."))
 def test_large_finite_input_gives_finite_gradients():
     layer = IzhikevichSoma(units=(3,), resistance=10.0, sequence=True,
                            learnable=("threshold", "recovery_timescale"))

@@ -35,7 +35,7 @@ def run_kernel(current, values: dict, dtype, scheme="euler", dt=1.0, state=None)
         cur = jnp.asarray(current, dtype)
         st = K.rest_state(p, cur.shape[1:], dtype) if state is None else K.IzhikevichState(
             *(jnp.asarray(s, dtype) for s in state))
-        traj = K.simulate_forward(cur, st, p, dt=dt, scheme=scheme)
+        traj = K.simulate_forward(cur, st, p, np.int32(cur.shape[0]), dt=dt, scheme=scheme)
         return K.Trajectory(*(np.asarray(a) for a in traj))
 
 

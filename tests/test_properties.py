@@ -120,14 +120,6 @@ _PULSE = np.full((12, 1, 1), 100.0)
 _PULSE[0] = -1e6  # one 1-ms pulse of -1 µA, then the paper's ordinary drive
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (SPEC §5): scheme='izhikevich2003' runs away after ONE strong finite pulse: u* = u + "
-    "dt·a·(b·v* − u) uses the un-reset overshoot v* (~0.04·(R·I/2)²), so u jumps, the next v½ is far below "
-    "rest, v* overshoots even more, and u grows doubly-exponentially until it overflows -> NaN in "
-    "recovery/potential/mem within ~7 steps (e.g. I = ±1e6 pA at R = 0.1 for 1 ms; ±1e5 pA already "
-    "gives endless firing with u climbing). The float64 NumPy reference shows the same runaway, so it is "
-    "the scheme's arithmetic, but §5 asks for a documented bound: e.g. clamp v* to [V_min, V_max] "
-    "(NEST-like; V_max a few times v_pk) before it enters u*, or bound |R·I·dt| with a ValueError."))
 @settings(max_examples=10, deadline=None, derandomize=True)
 @example((dict(resistance=0.1, scheme="izhikevich2003"), _PULSE, "float32"))
 @given(case(max_log10=8.0, schemes=("izhikevich2003",)))
@@ -135,11 +127,6 @@ def test_no_nan_izhikevich2003_strong_pulses(c):
     _check_no_nan(*c)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (SPEC §5): finite inputs near the dtype's maximum (|R·I| overflowing, e.g. -3e38 pA at "
-    "R = 10 GΩ in float32) give v* = -Inf and then NaN (Inf - Inf) in mem/potential/recovery, in both "
-    "schemes. Fix: a documented bound — a NEST-like V_min clamp on v* and a clamp of R·I·dt to the finite "
-    "range, or a ValueError naming `cur` above a stated bound."))
 @settings(max_examples=10, deadline=None, derandomize=True)
 @example((dict(resistance=10.0), np.full((3, 1, 3), -3.0e38), "float32"))
 @given(case(max_log10=38.0))
@@ -183,16 +170,6 @@ _ULP_CASE = (
     "float32")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (SPEC §3 'numerically the same as T step calls'): not bit-identical. Every sequence length T "
-    "is its own XLA executable, and XLA fuses/vectorizes the scan body differently per T, so the step "
-    "arithmetic rounds differently by ~1 ulp in some steps: a T=16 call differs from 16 step calls AND from "
-    "two T=8 calls (float32: ~half of random 64-neuron izhikevich2003 runs; float64 too, less often; euler "
-    "too, e.g. the example). Spikes then diverge after enough steps (chaotic map). Fix: make the rounding "
-    "executable-independent — e.g. lax.optimization_barrier between the step's arithmetic stages (no "
-    "fusion-dependent FMA contraction/reassociation; measure the cost), or one fixed-T executable (chunk "
-    "sequences into fixed-size blocks, step calls padded+masked into the same block); or relax the SPEC "
-    "to 'equal to rounding' and keep the tolerance test below."))
 @SETTINGS
 @example(_ULP_CASE)
 @given(case(max_log10=3.0))

@@ -3,7 +3,8 @@ number of compilations caused by many different sequence lengths.
 
 Measured on this machine (2 cores, torch 2.13 CPU, jax 0.10.2): one call ([T=10, B=4, N=32] sequence,
 learnable threshold, forward + backward) takes ~1.1 ms, so the issue's full 10,000 calls run in ~12 s.
-Each new sequence length T costs one forward + one backward compilation (~0.4 s together here).
+Each new loop buffer length costs one forward + one backward compilation (~0.4 s together here); the
+buffers are exactly T long for the first ``ops.MAX_EXACT_LENGTHS`` lengths, powers of two after that.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import time
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, bridge, kernel
+from spark_torch import IzhikevichSoma, bridge, kernel, ops
 
 N_CALLS = 10_000
 WARMUP = 200
@@ -93,40 +94,61 @@ def test_soak_step_mode_calls_do_not_recompile(one_thread):
     assert _rss_mb() - rss0 < 20.0
 
 
-def test_each_new_sequence_length_compiles_once(one_thread):
-    """Documents today's behaviour: one forward and one backward compilation per distinct T (the compiled
-    function is keyed on the input shape), none when a length repeats."""
-    layer = IzhikevichSoma(units=(32,), resistance=10.0, sequence=True)
-    lengths = list(range(1, 9))
-    before = _cache_sizes()
-    for T in lengths:
-        _fwd_bwd(layer, torch.rand(T, 4, 32) * 10)
-    after_first = _cache_sizes()
-    for T in lengths:  # repeats compile nothing
-        _fwd_bwd(layer, torch.rand(T, 4, 32) * 10)
-    assert _cache_sizes() == after_first
-    new_fwd, new_bwd = after_first[0] - before[0], after_first[1] - before[1]
-    print(f"\n{len(lengths)} distinct lengths -> {new_fwd} forward + {new_bwd} backward compilations")
-    assert new_fwd <= len(lengths) and new_bwd <= len(lengths)
+@pytest.fixture
+def fresh_length_policy(monkeypatch):
+    """A clean record of exact lengths (other tests have used many) with room for 4 of them."""
+    monkeypatch.setattr(ops, "_exact_lengths", set())
+    monkeypatch.setattr(ops, "MAX_EXACT_LENGTHS", 4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DEFECT (issue 6 'sequences of many different lengths do not compile without bound'): every distinct "
-    "T compiles a new forward and backward executable (T = 1..16 -> 16 + 16; T = 1..200 -> 200 + 200, "
-    "~0.4 s each pair here, ~80 s in all, and the executables stay cached). Fix: bucket T — pad the "
-    "sequence to the next power of two (or a multiple of a chunk) with zero current and slice the "
-    "outputs, masking the padded steps out of the state (run the scan over the bucket but carry the state "
-    "only through t < T, e.g. jnp.where(t < T, new, old) with T a traced scalar), or run long sequences "
-    "as a loop of fixed-size chunks; document the bucket sizes."))
-def test_sequence_lengths_compile_a_bounded_number_of_times(one_thread):
+def test_buffer_length_policy(fresh_length_policy):
+    """The first 4 distinct lengths (and every power of two) run exactly; later ones in power-of-two buffers."""
+    assert [ops.buffer_length(t) for t in (100, 7, 1, 33)] == [100, 7, 1, 33]
+    assert [ops.buffer_length(t) for t in (5, 9, 64, 65, 100, 129, 7)] == [8, 16, 64, 128, 100, 256, 7]
+    assert ops._exact_lengths == {100, 7, 1, 33, 64}
+
+
+def test_sequence_lengths_compile_a_bounded_number_of_times(one_thread, fresh_length_policy):
+    """T = 1..40, each twice: 4 exact lengths (1..4), the powers of two 8, 16, 32 and the bucket 64 —
+    and nothing more when the lengths repeat. (Before the buffers, every T compiled its own pair: 40 + 40.)"""
     layer = IzhikevichSoma(units=(32,), resistance=10.0, sequence=True)
-    x = torch.rand(16, 4, 32) * 10
+    x = torch.rand(40, 4, 32) * 10
     before = _cache_sizes()
-    for T in range(1, 17):
+    for T in range(1, 41):
         _fwd_bwd(layer, x[:T].contiguous())
     after = _cache_sizes()
-    # power-of-two buckets would need at most 5 (1, 2, 4, 8, 16) of each
-    assert after[0] - before[0] <= 5 and after[1] - before[1] <= 5, (before, after)
+    for T in range(1, 41):
+        _fwd_bwd(layer, x[:T].contiguous())
+    assert _cache_sizes() == after
+    buffers = {ops.buffer_length(T) for T in range(1, 41)}
+    assert buffers == {1, 2, 3, 4, 8, 16, 32, 64}, buffers
+    # at most one forward and one backward executable per buffer length (fewer if another test compiled it)
+    assert after[0] - before[0] <= len(buffers) and after[1] - before[1] <= len(buffers), (before, after)
+
+
+def _run_with_grads(x, **kw):
+    layer = IzhikevichSoma(units=(x.shape[-1],), resistance=10.0, sequence=True, learnable=("threshold",), **kw).to(x.dtype)
+    xx = x.clone().requires_grad_()
+    spk, mem = layer(xx)
+    (spk.sum() + mem.square().mean()).backward()
+    return spk, mem, layer.potential, layer.recovery, xx.grad, layer.threshold.grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+def test_padded_buffer_gives_bit_identical_results(monkeypatch, dtype, scheme):
+    """A length run in a padded power-of-two buffer equals the same length run exactly, bit for bit:
+    spikes, membranes, final state and all gradients (the loop body does not depend on the buffer)."""
+    x = (torch.rand(23, 3, 17, generator=torch.Generator().manual_seed(0)) * 20).to(dtype)
+    monkeypatch.setattr(ops, "_exact_lengths", {23})
+    exact = _run_with_grads(x, scheme=scheme)
+    monkeypatch.setattr(ops, "_exact_lengths", set())
+    monkeypatch.setattr(ops, "MAX_EXACT_LENGTHS", 0)
+    bridge.reset_copy_counts()
+    padded = _run_with_grads(x, scheme=scheme)
+    assert ops.buffer_length(23) == 32 and bridge.copy_counts["padded"] >= 1
+    for a, b in zip(exact, padded):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 def test_spike_count_loss_backward_makes_no_copy():

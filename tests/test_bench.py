@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from spark_torch import _bench_peers as peers
@@ -114,3 +115,18 @@ def test_module_entry_point_with_memory_probe(tmp_path):
     assert "extra_x_input" in mem or "error" in mem
     if sys.platform.startswith("linux"):
         assert set(mem) >= {"extra_bytes", "input_bytes", "extra_x_input", "method"}
+
+
+def test_c_anchor_computes_the_same_spikes_and_input_gradient_as_the_eager_baseline():
+    """The C hand-fused anchor is only a fair anchor if it computes the same model and backward."""
+    try:
+        c_fused = peers.CFused()
+    except peers.Unavailable as e:
+        pytest.skip(str(e))
+    current = bench.make_input(30, 4, 64)
+    eager = peers.TorchEager()
+    for c in (c_fused, eager):
+        c.setup(current)
+        c.fwdbwd()
+    np.testing.assert_array_equal(c_fused.counts(), eager.counts())
+    np.testing.assert_allclose(c_fused.gI.reshape(current.shape), eager.x.grad.numpy(), rtol=1e-4, atol=1e-6)

@@ -17,6 +17,13 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from . import tuning as _tuning
+
+# Every call returns fresh [T, B, *units] buffers; glibc would give freed ones back to the OS and fault
+# them in again on the next call (~2x slower kernels here). Keep freed memory mapped for reuse, unless
+# SPARK_TORCH_KEEP_FREED_MEMORY=0 or a glibc MALLOC_*_ variable is set (see spark_torch.tuning).
+_tuning.keep_freed_memory_by_default()
+
 from .config import IzhikevichSomaConfig
 from .initializers import Constant, Initializer, Normal, Uniform
 from .presets import PRESETS, heterogeneous_preset, preset

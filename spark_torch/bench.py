@@ -40,6 +40,7 @@ import numpy as np
 import torch
 
 from . import _bench_peers as peers
+from .tuning import kept_freed_memory_threshold
 
 LEVEL, NOISE = 11.385, 2.0  # calibrate(): 34.0 Hz over T=100 (B=16, N=128, seed 0)
 SIZES = [(100, 32, 256), (100, 128, 1024), (500, 16, 128), (50, 256, 4096)]
@@ -240,15 +241,14 @@ def _memory(names, size, args, report) -> list:
 
 def run(args, report=print) -> dict:
     t_start = time.perf_counter()
-    if getattr(args, "keep_memory_mapped", False):
-        from .tuning import keep_freed_memory_mapped
-        report(f"keep_freed_memory_mapped(): {keep_freed_memory_mapped()}")
+    report(f"freed memory kept mapped below {kept_freed_memory_threshold()} bytes (spark_torch.tuning; "
+           "None: glibc's default)")
     sizes = QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
     results = {
         "meta": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                  "processor": platform.processor(), "cpu_count": os.cpu_count(),
                  "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
-                 "keep_memory_mapped": bool(getattr(args, "keep_memory_mapped", False)),
+                 "kept_freed_memory_threshold": kept_freed_memory_threshold(),
                  "rounds": args.rounds, "warmup": args.warmup, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
                  "loadavg_start": list(os.getloadavg())},
         "workload": {"neuron": "RS a=0.02 b=0.2 c=-65 d=8, v_r=-65, v_pk=30, euler, dt=1 ms", "dtype": "float32",
@@ -323,8 +323,6 @@ def parse_args(argv):
     p.add_argument("--memprobe-timeout", type=float, default=600.0)
     p.add_argument("--no-threads", dest="threads", action="store_false", help="skip torch threads 1 vs 2 check")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the spark_seq time breakdown")
-    p.add_argument("--keep-memory-mapped", action="store_true",
-                   help="call spark_torch.tuning.keep_freed_memory_mapped() first (affects every contender)")
     p.add_argument("--out", default=None, help="directory for bench.json, bench.txt (and bench.png with --plot)")
     p.add_argument("--plot", action="store_true")
     p.add_argument("--memprobe", default=None, help=argparse.SUPPRESS)

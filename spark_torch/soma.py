@@ -30,6 +30,7 @@ without ``h0``); with ``init_hidden=True`` state carries across calls until a re
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
@@ -131,7 +132,8 @@ class IzhikevichSoma(snn.Leaky):
                 self.register_buffer(name, nn.UninitializedBuffer())
         for name in _HIDDEN_STATE:
             self.register_buffer(name, torch.zeros(0), persistent=False)
-        self._emitted: tuple = ()  # (tensor, version) of each mem this layer emitted last
+        self._emitted: tuple = ()  # (tensor, version) of the state mem this layer emitted last
+        self._emitted_last_row: Optional[tuple] = None  # the last row of the [T, ...] mem it returned (weak)
         if units is not None:
             self.build(tuple(units))
 
@@ -218,13 +220,15 @@ class IzhikevichSoma(snn.Leaky):
                                float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
         spk = self._emit(spikes, x, fused is not None)
         v_last, u_last = v[-1], u[-1]
+        if v.shape[0] > 1:  # own copies: a view would keep the whole [T, B, N] trajectories alive
+            v_last, u_last = v_last.clone(), u_last.clone()
         mem_last = self._normalize(v_last)  # a fresh tensor (not a view), so snnTorch may detach_() it
         if step_input:
             self._set_state(mem_last, v_last, u_last)
             spk, mem_out = spk[0], mem_last
         else:
             mem_out = self._normalize(v)
-            self._set_state(mem_last, v_last, u_last, also_own=mem_out[-1])
+            self._set_state(mem_last, v_last, u_last, also_own_last_row_of=mem_out)
         if self.output:
             return spk, mem_out
         if self.init_hidden:
@@ -275,19 +279,33 @@ class IzhikevichSoma(snn.Leaky):
     def _is_own(self, mem: torch.Tensor) -> bool:
         """Is ``mem`` (a view/alias of) a membrane this layer emitted last, unmodified since?
 
-        The emitted tensors are held (strongly) in ``_emitted``, so their memory cannot be freed and
-        reused by another tensor: equal data pointer, layout and version mean equal values.
+        The state ``mem`` is held (strongly) in ``_emitted``, so its memory cannot be freed and reused
+        by another tensor: equal data pointer, layout and version mean equal values. The last row of a
+        returned ``[T, B, *units]`` membrane is tracked through a weak reference to that tensor (the
+        layer must not keep the user's trajectories alive): it counts while that tensor is alive.
         """
         if torch.compiler.is_compiling():
             return mem is self.mem
-        return self.potential.shape == mem.shape and any(
-            mem.data_ptr() == t.data_ptr() and mem.stride() == t.stride() and mem.dtype == t.dtype
-            and mem.device == t.device and mem._version == version for t, version in self._emitted)
+        if self.potential.shape != mem.shape:
+            return False
+        if any(_same_memory(mem, t, t.data_ptr(), t.stride(), version) for t, version in self._emitted):
+            return True
+        if self._emitted_last_row is None:
+            return False
+        owner, data_ptr, stride, version = self._emitted_last_row
+        owner = owner()
+        return owner is not None and _same_memory(mem, owner, data_ptr, stride, version)
 
-    def _set_state(self, mem, v, u, also_own: Optional[torch.Tensor] = None) -> None:
+    def _set_state(self, mem, v, u, also_own_last_row_of: Optional[torch.Tensor] = None) -> None:
         self.mem, self.potential, self.recovery = mem, v, u
-        if not torch.compiler.is_compiling():
-            self._emitted = tuple((t, t._version) for t in (mem, also_own) if t is not None and t.numel())
+        if torch.compiler.is_compiling():
+            return
+        self._emitted = ((mem, mem._version),) if mem.numel() else ()
+        self._emitted_last_row = None
+        if also_own_last_row_of is not None and also_own_last_row_of.numel():
+            last = also_own_last_row_of[-1]
+            self._emitted_last_row = (weakref.ref(also_own_last_row_of), last.data_ptr(), last.stride(),
+                                      also_own_last_row_of._version)
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, cur, name: str, sequence: bool) -> None:
@@ -325,10 +343,16 @@ class IzhikevichSoma(snn.Leaky):
             parts.append("init_hidden=True")
         return ", ".join(parts)
 
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_emitted_last_row"] = None  # a weak reference to the caller's tensor: not copied
+        return state
+
     def __setstate__(self, state):
         """After unpickling or ``copy.deepcopy``, the copied emitted ``mem`` is still this layer's own."""
         super().__setstate__(state)
         self._emitted = tuple((t, t._version) for t, _ in self.__dict__.get("_emitted", ()))
+        self._emitted_last_row = None
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -391,6 +415,12 @@ def _autocast_to_float32(cur: torch.Tensor) -> torch.Tensor:
             and torch.is_autocast_enabled(cur.device.type):
         return cur.float()
     return cur
+
+
+def _same_memory(mem: torch.Tensor, owner: torch.Tensor, data_ptr: int, stride: tuple, version: int) -> bool:
+    """``mem`` has this data pointer and layout, ``owner``'s dtype and device, and the recorded version."""
+    return (mem.data_ptr() == data_ptr and mem.stride() == stride and mem.dtype == owner.dtype
+            and mem.device == owner.device and mem._version == version)
 
 
 def _all_finite(t: torch.Tensor) -> bool:

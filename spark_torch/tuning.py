@@ -1,34 +1,89 @@
-"""Opt-in process settings that make large, repeated layer calls faster on CPU.
+"""Process settings that make large, repeated layer calls faster on CPU: glibc's handling of freed memory.
 
-Nothing here runs on import; each function says exactly what it changes.
+Why: every layer call returns fresh ``[T, B, *units]`` tensors (the JAX kernel's outputs, torch's).
+glibc's ``malloc`` serves large blocks (≥ 128 KiB, its threshold growing up to 32 MiB) with ``mmap``
+and gives them back to the OS when freed, so the next call touches brand-new pages and pays a page
+fault per 4 KiB (~0.2 ms per MiB on this project's 2-core VM; BRIDGE_NOTES items 14 and 17). At
+100×32×256 the kernel's forward alone took 6.7 ms with ~2,400 faults per call and 2.3 ms with none.
+
+What ``import spark_torch`` does: :func:`keep_freed_memory_by_default` calls
+:func:`keep_freed_memory_mapped` — blocks below 1 GiB are served from the heap and freed memory up to
+1 GiB per heap stays mapped for reuse — unless the environment opts out:
+
+* ``SPARK_TORCH_KEEP_FREED_MEMORY=0``, or
+* any of glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
+  ``MALLOC_MMAP_MAX_`` is set (you chose an allocator policy; it is left alone).
+
+The price: the process's resident set does not shrink after a peak (call :func:`release_freed_memory`
+to hand free heap memory back). Where the C library is not glibc nothing is changed.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
+from typing import Optional
 
 _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
+
+#: Set to ``"0"`` to keep glibc's default handling of freed memory when ``spark_torch`` is imported.
+KEEP_FREED_MEMORY_ENV = "SPARK_TORCH_KEEP_FREED_MEMORY"
+#: glibc's own tunables: if any is set, the import-time setting is skipped.
+GLIBC_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_")
+
+_active_threshold: Optional[int] = None  # what keep_freed_memory_mapped last set, if it succeeded
+
+
+def _libc():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"))
+    except (OSError, TypeError):
+        return None
 
 
 def keep_freed_memory_mapped(threshold_bytes: int = 1 << 30) -> bool:
     """Ask glibc's malloc to keep freed blocks below ``threshold_bytes`` mapped and reuse them.
 
-    By default glibc returns large freed blocks (≥ 128 KiB–32 MiB) to the OS, so every call that
-    allocates fresh ``[T, B, N]`` outputs (the JAX kernel's, torch's) pays the page faults again
-    (~0.2 ms per MiB here; BRIDGE_NOTES items 14 and 17). This sets ``M_MMAP_THRESHOLD`` and
-    ``M_TRIM_THRESHOLD`` to ``threshold_bytes`` for the whole process: faster repeated calls, at the
-    price of a resident set that does not shrink after peaks. Equivalent to starting Python with
+    Sets ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` (see ``mallopt(3)``) to ``threshold_bytes`` for
+    the whole process: blocks smaller than that come from the heap, and up to that much free memory at
+    the top of a heap is kept instead of returned to the OS. Equivalent to starting Python with
     ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` set. Returns ``False`` (and changes
     nothing) where the C library is not glibc.
     """
+    global _active_threshold
     if not isinstance(threshold_bytes, int) or isinstance(threshold_bytes, bool) or not 0 < threshold_bytes < 2**31:
         raise ValueError(f"`threshold_bytes` (={threshold_bytes!r}) must be an int in (0, 2**31)")
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
-    return bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold_bytes))
+    ok = bool(mallopt(_M_MMAP_THRESHOLD, threshold_bytes)) and bool(mallopt(_M_TRIM_THRESHOLD, threshold_bytes))
+    _active_threshold = threshold_bytes if ok else _active_threshold
+    return ok
+
+
+def keep_freed_memory_by_default() -> bool:
+    """Apply :func:`keep_freed_memory_mapped` unless the environment opts out (module docstring).
+
+    Called by ``import spark_torch``; returns whether the setting was applied.
+    """
+    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or any(k in os.environ for k in GLIBC_MALLOC_ENV):
+        return False
+    return keep_freed_memory_mapped()
+
+
+def kept_freed_memory_threshold() -> Optional[int]:
+    """The threshold (bytes) that this process's last successful :func:`keep_freed_memory_mapped` set,
+    or ``None`` if it never ran (opted out, or not glibc)."""
+    return _active_threshold
+
+
+def release_freed_memory() -> bool:
+    """Return free heap memory to the OS now (glibc ``malloc_trim(0)``), e.g. after a large evaluation.
+
+    Returns whether any memory was released (``False`` where the C library is not glibc).
+    """
+    trim = getattr(_libc(), "malloc_trim", None)
+    return bool(trim(0)) if trim is not None else False

@@ -97,6 +97,41 @@ def test_explicit_loop_detach_continues_exact_state():
         assert torch.equal(spk_a, spk_b) and torch.equal(mem_a, mem_b)
 
 
+def test_last_row_of_a_sequence_membrane_continues_exact_state():
+    """``mem[-1]`` of a sequence call is this layer's own state (exact ``u``) while the caller holds
+    ``mem``; a copy of it is foreign (fresh start with ``u = b·v``)."""
+    x = 2 * torch.rand(30, 3, 5)
+    whole = IzhikevichSoma(resistance=10.0, sequence=True)
+    spk_ref, mem_ref = whole(x)
+    split = IzhikevichSoma(resistance=10.0, sequence=True)
+    _, mem = split(x[:12])
+    spk, mem_tail = split(x[12:], mem[-1])
+    assert torch.equal(spk, spk_ref[12:]) and torch.equal(mem_tail, mem_ref[12:])
+    _, mem = split(x[:12])
+    _, mem_fresh = split(x[12:], mem[-1].clone())
+    assert not torch.equal(mem_fresh, mem_ref[12:])  # u restarted at b·v
+
+
+def test_sequence_call_keeps_no_trajectory_alive():
+    """The layer keeps only [B, *units] state: the returned [T, B, *units] tensors (and the kernel's
+    v/u traces) are freed when the caller drops them."""
+    import gc
+    import weakref
+
+    T, B, N = 40, 3, 5
+    layer = IzhikevichSoma(resistance=10.0, sequence=True)
+    x = 2 * torch.rand(T, B, N, requires_grad=True)
+    spk, mem = layer(x)
+    (spk.sum() + mem.sum()).backward()
+    refs = [weakref.ref(spk), weakref.ref(mem)]
+    del spk, mem
+    gc.collect()
+    assert all(r() is None for r in refs)
+    for name in ("mem", "potential", "recovery"):
+        state = getattr(layer, name)
+        assert state.shape == (B, N) and state.untyped_storage().nbytes() == B * N * state.element_size(), name
+
+
 def test_foreign_mem_starts_fresh_with_u_equal_b_v():
     """A mem the layer did not emit: v = v_r + mem·(v_pk − v_r), u = b·v (the paper's initial condition)."""
     layer = IzhikevichSoma(resistance=10.0).double()

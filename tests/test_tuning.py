@@ -1,16 +1,81 @@
-"""spark_torch.tuning: the opt-in allocator setting validates its argument and reports success."""
+"""spark_torch.tuning: glibc keeps freed memory mapped after `import spark_torch` (fewer page faults),
+unless the environment opts out; the explicit setters validate their argument.
+
+Each check runs in a child process: the settings are process-wide and must not leak into other tests.
+"""
 
 import ctypes.util
+import json
+import os
 import subprocess
 import sys
 
 import pytest
 
-from spark_torch.tuning import keep_freed_memory_mapped
+from spark_torch.tuning import GLIBC_MALLOC_ENV, KEEP_FREED_MEMORY_ENV, keep_freed_memory_mapped
+
+GLIBC = ctypes.util.find_library("c") is not None and os.path.exists("/proc/self/status")
+
+# Allocate, touch and free 64 MiB with torch repeatedly; report the page faults of six rounds after
+# the allocator settled (glibc's aligned allocations fragment the heap for the first few rounds) and the
+# resident set after the frees (and after release_freed_memory()).
+_PROBE = r"""
+import json, resource
+import spark_torch, torch
+from spark_torch import tuning
+
+def rss():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+
+def touch_and_free():
+    t = torch.empty(16 << 20, dtype=torch.float32)  # 64 MiB
+    t.fill_(1.0)
+    del t
+
+base = rss()
+for _ in range(8):
+    touch_and_free()
+kept = rss() - base
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(6):
+    touch_and_free()
+faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+tuning.release_freed_memory()
+print(json.dumps({"threshold": tuning.kept_freed_memory_threshold(), "faults": faults, "kept_bytes": kept,
+                  "after_release": rss() - base}))
+"""
 
 
-def test_keep_freed_memory_mapped_on_glibc():
-    """Run in a child process: the setting is process-wide and must not leak into other tests."""
+def _probe(**env):
+    clean = {k: v for k, v in os.environ.items() if k not in GLIBC_MALLOC_ENV and k != KEEP_FREED_MEMORY_ENV}
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         env={**clean, **env}).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc and /proc only")
+def test_import_keeps_freed_memory_mapped_so_reuse_costs_no_page_faults():
+    default = _probe()
+    assert default["threshold"] == 1 << 30
+    # 6 x 64 MiB is 98,304 pages: most rounds reused the freed block instead of faulting pages in again
+    # (an aligned block sometimes lands in fresh heap while freed ones are still coalescing).
+    assert default["faults"] < 3 * 16384
+    assert default["kept_bytes"] > 48 << 20  # the freed block stayed resident
+    assert default["after_release"] < 16 << 20  # ... until release_freed_memory()
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc and /proc only")
+@pytest.mark.parametrize("env", [{KEEP_FREED_MEMORY_ENV: "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}])
+def test_environment_opts_out_of_the_import_time_setting(env):
+    opted_out = _probe(**env)
+    assert opted_out["threshold"] is None
+    assert opted_out["faults"] > 6 * 16000  # every page of each fresh 64 MiB block faulted in again
+    assert opted_out["kept_bytes"] < 16 << 20
+
+
+def test_keep_freed_memory_mapped_reports_success_on_glibc():
     code = "from spark_torch.tuning import keep_freed_memory_mapped as k; print(k(1 << 28))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == str(ctypes.util.find_library("c") is not None)

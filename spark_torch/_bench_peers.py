@@ -102,8 +102,9 @@ class JaxDirect(Contender):
     """The spark_torch JAX kernel called directly (no torch, no DLPack): the bridge-overhead baseline.
 
     Keep in step with what :mod:`spark_torch.ops` calls: ``kernel.simulate_forward`` (float spikes, no
-    ``x`` trace) and ``kernel.simulate_backward`` with the fast-sigmoid surrogate fused, as the layer
-    runs them; falls back to ``jax.vjp`` of ``kernel.simulate`` if that API is not there.
+    ``x`` trace, ``mem`` computed; forward-only without state traces) and ``kernel.simulate_backward``
+    with the fast-sigmoid surrogate fused, as the layer runs them; falls back to ``jax.vjp`` of
+    ``kernel.simulate`` if that API is not there.
     """
 
     name, label = "jax_direct", "spark kernel direct (JAX)"
@@ -131,9 +132,10 @@ class JaxDirect(Contender):
             self.path = "jax.vjp(kernel.simulate)"
         self.note = f"JAX kernel without the torch bridge, via {self.path}"
 
-    def _fwd(self):
+    def _fwd(self, trace_state=True):
         return self.kernel.simulate_forward(self.Ij, self.state, self.params, self.n_steps, dt=DT, scheme="euler",
-                                            spike_dtype=np.float32, return_x=False)
+                                            spike_dtype=np.float32, return_x=False, return_mem=True,
+                                            trace_state=trace_state)
 
     def _bwd(self, traj):
         return self.kernel.simulate_backward(self.Ij, self.state, self.params, traj, (None, None, None, self.g_spikes),
@@ -150,7 +152,7 @@ class JaxDirect(Contender):
         return vjp(ct)
 
     def fwd(self):
-        return self.jax.block_until_ready(self._fwd() if self.path.startswith("simulate_forward")
+        return self.jax.block_until_ready(self._fwd(trace_state=False) if self.path.startswith("simulate_forward")
                                           else self.kernel.simulate(self.Ij, self.state, self.params, DT, "euler"))
 
     def fwdbwd(self):

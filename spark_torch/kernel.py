@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import contextlib
 from functools import partial
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -82,12 +82,15 @@ class Trajectory(NamedTuple):
 
     ``spikes`` is boolean; ``x`` is the normalized pre-reset distance to threshold; ``v`` and ``u`` are
     the post-step (post-reset) state, so ``Trajectory.v[-1], Trajectory.u[-1]`` is the final state.
+    ``mem`` (only when asked for, else ``None``) is the post-reset membrane in snnTorch's normalized
+    units, ``(v − v_r) / (v_pk − v_r)``.
     """
 
     spikes: jax.Array
     x: jax.Array
     v: jax.Array
     u: jax.Array
+    mem: Optional[jax.Array] = None
 
 
 def precision_scope(dtype) -> contextlib.AbstractContextManager:
@@ -132,6 +135,11 @@ def _integrate(v, u, current, p: IzhikevichParams, dt: float, scheme: str):
     else:
         raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
     return v_star, u_star
+
+
+def _normalized(v, p: IzhikevichParams):
+    """snnTorch-style membrane: ``(v − v_r) / (v_pk − v_r)`` (0 at rest, 1 at the spike cut-off)."""
+    return (v - p.potential_rest) / (p.threshold - p.potential_rest)
 
 
 def _fire_and_reset(v_star, u_star, spike, p: IzhikevichParams):
@@ -183,13 +191,19 @@ def _at_least_two_rows(a):
 
 
 def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
-              spike_dtype=None, return_x: bool = True) -> Trajectory:
+              spike_dtype=None, return_x: bool = True, return_mem: bool = False,
+              trace_state: bool = True) -> Trajectory:
     """The forward loop over the first ``n_steps`` rows of ``current`` (a buffer ``[T_buf, ...]``).
 
     ``n_steps`` is a *runtime* int32 scalar (``0 <= n_steps <= T_buf``), so the loop is a while loop
     whose body XLA compiles the same way for every buffer length: a sequence call, T one-step calls
     and a call on a padded buffer give bit-identical results. Rows ``t >= n_steps`` of the outputs
-    are zero. ``return_x=False`` skips the ``x`` trace (a fused surrogate needs none).
+    are zero. ``return_x=False`` skips the ``x`` trace (a fused surrogate needs none);
+    ``return_mem=True`` adds ``mem`` (:func:`_normalized` of the post-reset ``v``).
+
+    ``trace_state=False`` (inference: nothing will be differentiated) writes no ``v``/``u`` traces:
+    ``v`` and ``u`` are then the final state only, ``[1, *batch, *units]``, and ``mem`` is written
+    in the loop instead (same values, one ``[T, ...]`` buffer less to write).
     """
     dtype = current.dtype
     spike_dtype = jnp.bool_ if spike_dtype is None else spike_dtype
@@ -199,30 +213,42 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps
     shape = current.shape[1:]
     state = IzhikevichState(jnp.broadcast_to(jnp.asarray(state.v, dtype), shape),
                             jnp.broadcast_to(jnp.asarray(state.u, dtype), shape))
+    mem_in_loop = return_mem and not trace_state
 
     def body(t, carry):
         state, traces = carry
         (spike, x), nxt = step(state, lax.dynamic_index_in_dim(current, t, keepdims=False), params,
                                dt=dt, scheme=scheme)
-        values = (spike.astype(spike_dtype), x, nxt.v, nxt.u)
+        values = (spike.astype(spike_dtype), x, nxt.v, nxt.u, _normalized(nxt.v, params) if mem_in_loop else None)
         traces = tuple(None if buf is None else lax.dynamic_update_index_in_dim(buf, val, t, 0)
                        for buf, val in zip(traces, values))
         return nxt, traces
 
-    traces = (jnp.zeros(current.shape, spike_dtype), jnp.zeros(current.shape, dtype) if return_x else None,
-              jnp.zeros(current.shape, dtype), jnp.zeros(current.shape, dtype))
-    _, traces = lax.fori_loop(0, n_steps, body, (state, traces))
-    return Trajectory(*(None if a is None else a[:n_rows] for a in traces))
+    def buffer(wanted, buffer_dtype=dtype):
+        return jnp.zeros(current.shape, buffer_dtype) if wanted else None
+
+    traces = (buffer(True, spike_dtype), buffer(return_x), buffer(trace_state), buffer(trace_state),
+              buffer(mem_in_loop))
+    final, (spikes, x, v, u, mem) = lax.fori_loop(0, n_steps, body, (state, traces))
+    if trace_state and return_mem:  # one vectorized pass after the loop; rows >= n_steps stay zero
+        written = lax.broadcasted_iota(jnp.int32, v.shape, 0) < n_steps
+        mem = jnp.where(written, _normalized(v, params), jnp.zeros((), dtype))
+    if trace_state:
+        return Trajectory(*(None if a is None else a[:n_rows] for a in (spikes, x, v, u, mem)))
+    spikes, x, mem = (None if a is None else a[:n_rows] for a in (spikes, x, mem))
+    return Trajectory(spikes, x, final.v[None], final.u[None], mem)
 
 
 def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
                   n_steps, dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
                   surrogate: tuple[str, float] | None = None):
-    """Reverse loop: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace[, dL/dspikes])`` -> grads of
-    (current, state, params), over the first ``n_steps`` (runtime scalar) rows of the buffers.
+    """Reverse loop: cotangents ``(dL/dx, dL/dv_trace, dL/du_trace[, dL/dspikes[, dL/dmem]])`` -> grads
+    of (current, state, params), over the first ``n_steps`` (runtime scalar) rows of the buffers.
 
     With ``surrogate=(name, param)`` (static) the spikes' cotangent is turned into ``dL/dx`` inside
-    the loop with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed).
+    the loop with :func:`surrogate_derivative` (fused surrogate: no ``x`` trace is needed). ``dL/dmem``
+    is the cotangent of ``Trajectory.mem`` (it reaches ``v`` and, through the normalization, ``v_r``
+    and ``v_pk``).
 
     A cotangent may be ``None`` (that output was not used) or 0-d (the same value everywhere, as for
     ``loss = y.sum()``: it crosses as a scalar instead of a [T, B, N] copy); ``traj.x`` is not needed. Each step is
@@ -236,12 +262,11 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     dtype = current.dtype
     params = _cast_params(params, dtype)
     mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
-    g_x, g_v, g_u, *g_spikes = cotangents
-    g_spikes = g_spikes[0] if g_spikes else None
+    g_x, g_v, g_u, g_spikes, g_mem = (tuple(cotangents) + (None, None))[:5]
     if surrogate is None and g_spikes is not None:
         raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
     n_rows = current.shape[0]
-    current, g_x, g_v, g_u, g_spikes = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes))
+    current, g_x, g_v, g_u, g_spikes, g_mem = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes, g_mem))
     spikes, v_trace, u_trace = map(_at_least_two_rows, (traj.spikes, traj.v, traj.u))
     spikes = spikes if spikes.dtype == jnp.bool_ else spikes != 0
     state_shape = current.shape[1:]
@@ -259,7 +284,8 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         wanted = iter(wanted)
         p = IzhikevichParams(*(next(wanted) if m else q for q, m in zip(params, mask)))
         v_star, u_star = _integrate(v, u, i, p, dt, scheme)
-        return _fire_and_reset(v_star, u_star, spike, p)
+        x, v_next, u_next = _fire_and_reset(v_star, u_star, spike, p)
+        return (x, v_next, u_next) if g_mem is None else (x, v_next, u_next, _normalized(v_next, p))
 
     def body(k, carry):
         g_v_next, g_u_next, g_wanted, g_current = carry
@@ -267,15 +293,15 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         before = jnp.maximum(t - 1, 0)
         v = jnp.where(t == 0, v0, lax.dynamic_index_in_dim(v_trace, before, keepdims=False))
         u = jnp.where(t == 0, u0, lax.dynamic_index_in_dim(u_trace, before, keepdims=False))
-        gx_t, gv_t, gu_t, gs_t = (row(a, t) for a in (g_x, g_v, g_u, g_spikes))
+        gx_t, gv_t, gu_t, gs_t, gm_t = (row(a, t) for a in (g_x, g_v, g_u, g_spikes, g_mem))
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
-        (x_t, _, _), vjp = jax.vjp(partial(local, spike=row(spikes, t)), v, u, row(current, t), wanted)
+        (x_t, *_), vjp = jax.vjp(partial(local, spike=row(spikes, t)), v, u, row(current, t), wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
         if gs_t is not None:
             g_x_t = g_x_t + gs_t * surrogate_derivative(*surrogate, x_t)
-        g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post))
+        g_v_prev, g_u_prev, g_i, g_p = vjp((g_x_t, g_v_post, g_u_post) + (() if gm_t is None else (gm_t,)))
         g_current = lax.dynamic_update_index_in_dim(g_current, g_i, t, 0)
         return g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p)), g_current
 
@@ -297,12 +323,14 @@ def _sum_to_shape(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x"))
-simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype, return_x])
--> Trajectory``. Pass ``n_steps`` as an array (e.g. ``np.int32(T)``): one executable per buffer shape."""
+simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x", "return_mem",
+                                                      "trace_state"))
+simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype, return_x,
+return_mem, trace_state]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an array (e.g.
+``np.int32(T)``): one executable per buffer shape."""
 
 simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
-simulate_backward.__doc__ = """Jitted reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes]),
+simulate_backward.__doc__ = """Jitted reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes[, g_mem]]),
 n_steps, dt, scheme[, param_mask, surrogate]) -> (g_current, g_state, g_params)``."""
 
 

@@ -1,4 +1,4 @@
-"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v2.izhikevich_scan``.
+"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v3.izhikevich_scan``.
 
 Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
 autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
@@ -8,13 +8,15 @@ autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as on
 time buffers are either exactly ``T`` long or padded to a power of two (:data:`MAX_EXACT_LENGTHS`), so
 the number of compiled executables stays bounded however many sequence lengths a program uses.
 
-The op namespace carries a version (``spark_torch_v2``): change it whenever the schema or the
+The op namespace carries a version (``spark_torch_v3``): change it whenever the schema or the
 backward changes, so that no stale compiled graph in an inductor cache can be reused.
 
 :func:`scan` is what the module calls: the custom op while ``torch.compile`` traces, and in eager
 mode a plain ``autograd.Function`` (``_EagerScan``) over the very same forward/backward
 implementation, which skips ~100 µs of dispatcher work per call. It also refuses to run in a
-process ``fork()``-ed after the kernel ran in its parent (JAX would hang there).
+process ``fork()``-ed after the kernel ran in its parent (JAX would hang there). When nothing will be
+differentiated (no grad mode, or no input requires grad) it skips autograd and asks the kernel for the
+final state only instead of the ``v``/``u`` traces a backward would need.
 
 Inputs (all tensors of one floating dtype and device):
     current ``[T, *batch, *units]`` (pA); v0, u0 ``[*batch, *units]`` (mV, mV/ms);
@@ -23,8 +25,9 @@ Inputs (all tensors of one floating dtype and device):
     ``surrogate`` (``""`` or a fused surrogate's name) and its parameter.
 Outputs (fresh tensors, ``[T, *batch, *units]``, the input's dtype):
     spikes (0/1), x = (v* − v_pk)/(v_pk − v_r) (pre-reset; empty when the surrogate is fused),
-    v (post-reset, mV), u (post-reset, mV/ms).
-Autograd: gradients flow from x, v and u to current, v0, u0 and every parameter tensor. The 0/1
+    v (post-reset, mV), u (post-reset, mV/ms), mem = (v − v_r)/(v_pk − v_r) (snnTorch's normalized
+    membrane, computed in the kernel).
+Autograd: gradients flow from x, v, u and mem to current, v0, u0 and every parameter tensor. The 0/1
 spikes carry no gradient (the module applies the user's surrogate to x) — unless one of snnTorch's
 built-in surrogates is *fused* (``surrogate="atan"|"fast_sigmoid"|"sigmoid"``): then the spikes'
 cotangent is turned into dL/dx inside the reverse scan and no x trace is materialized.
@@ -41,7 +44,7 @@ import torch
 from . import bridge
 from .kernel import IzhikevichParams, IzhikevichState, Trajectory, precision_scope, simulate_backward, simulate_forward
 
-OP_NAMESPACE = "spark_torch_v2"
+OP_NAMESPACE = "spark_torch_v3"
 N_PARAMS = len(IzhikevichParams._fields)
 
 
@@ -49,7 +52,7 @@ N_PARAMS = len(IzhikevichParams._fields)
 def izhikevich_scan(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float, scheme: str,
     surrogate: str, surrogate_param: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units.
 
     ``surrogate=""``: spikes carry no gradient, ``x`` is returned for a torch-side surrogate.
@@ -59,7 +62,8 @@ def izhikevich_scan(
     return _forward_impl(current, v0, u0, params, dt, scheme, surrogate)
 
 
-def _forward_impl(current, v0, u0, params, dt, scheme, surrogate):
+def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True):
+    """The kernel's forward; ``trace_state=False``: ``v``, ``u`` are the final state ``[1, ...]`` only."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     with precision_scope(_np_dtype(current.dtype)):
@@ -67,9 +71,12 @@ def _forward_impl(current, v0, u0, params, dt, scheme, surrogate):
             bridge.to_jax(_pad_steps(current, n_buffer), "current"),
             IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
             _params_to_jax(params), np.int32(n_steps), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype),
-            return_x=not surrogate)
-        spikes, x, v, u = (None if a is None else a[:n_steps] for a in bridge.results_to_torch(tuple(traj)))
-    return spikes, (current.new_empty(0) if x is None else x), v, u
+            return_x=not surrogate, return_mem=True, trace_state=trace_state)
+        spikes, x, v, u, mem = bridge.results_to_torch(tuple(traj))
+    spikes, x, mem = (None if a is None else a[:n_steps] for a in (spikes, x, mem))
+    if trace_state:
+        v, u = v[:n_steps], u[:n_steps]
+    return spikes, (current.new_empty(0) if x is None else x), v, u, mem
 
 
 #: How many distinct sequence lengths T get a loop buffer of exactly T steps (and so an executable of
@@ -108,7 +115,7 @@ def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int) -> Optional[torch.
 @izhikevich_scan.register_fake
 def _(current, v0, u0, params, dt, scheme, surrogate, surrogate_param):
     x = current.new_empty(0) if surrogate else torch.empty_like(current)
-    return torch.empty_like(current), x, torch.empty_like(current), torch.empty_like(current)
+    return torch.empty_like(current), x, torch.empty_like(current), torch.empty_like(current), torch.empty_like(current)
 
 
 def _setup_context(ctx, inputs, output):
@@ -116,7 +123,7 @@ def _setup_context(ctx, inputs, output):
 
 
 def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param, output):
-    spikes, x, v, u = output
+    spikes, x, v, u, mem = output
     ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
     if surrogate:
         ctx.mark_non_differentiable(x)  # empty placeholder
@@ -127,16 +134,17 @@ def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surr
     ctx.param_mask = [p.requires_grad for p in params]
 
 
-def _backward(ctx, g_spikes, g_x, g_v, g_u):
-    g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, izhikevich_scan_backward, g_spikes, g_x, g_v, g_u)
+def _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
+    g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, izhikevich_scan_backward, g_spikes, g_x, g_v, g_u,
+                                                       g_mem)
     return g_current, g_v0, g_u0, g_params, None, None, None, None
 
 
-def _saved_backward(ctx, backward_fn, g_spikes, g_x, g_v, g_u):
+def _saved_backward(ctx, backward_fn, g_spikes, g_x, g_v, g_u, g_mem):
     current, v0, u0, *rest = ctx.saved_tensors
     params, (spikes, v, u) = rest[:N_PARAMS], rest[N_PARAMS:]
     return backward_fn(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme, ctx.param_mask,
-                       g_spikes if ctx.surrogate else None, ctx.surrogate, ctx.surrogate_param)
+                       g_spikes if ctx.surrogate else None, ctx.surrogate, ctx.surrogate_param, g_mem)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan_backward", mutates_args=())
@@ -145,27 +153,29 @@ def izhikevich_scan_backward(
     spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
     param_mask: list[bool], g_spikes: Optional[torch.Tensor] = None, surrogate: str = "",
-    surrogate_param: float = 0.0,
+    surrogate_param: float = 0.0, g_mem: Optional[torch.Tensor] = None,
 ) -> list[torch.Tensor]:
     """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
 
     ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused);
     ``param_mask[i]`` says whether parameter ``i`` needs a gradient (zeros are returned otherwise);
-    ``g_spikes`` is the spikes' cotangent when the surrogate is fused (see :func:`izhikevich_scan`).
+    ``g_spikes`` is the spikes' cotangent when the surrogate is fused (see :func:`izhikevich_scan`);
+    ``g_mem`` the normalized membrane's.
     """
     return _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                          surrogate, surrogate_param)
+                          surrogate, surrogate_param, g_mem)
 
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                   surrogate, surrogate_param):
+                   surrogate, surrogate_param, g_mem=None):
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
-    g_x, g_v, g_u, g_spikes = (_pad_steps(_uniform_as_scalar(g), n_buffer) for g in (g_x, g_v, g_u, g_spikes))
+    g_x, g_v, g_u, g_spikes, g_mem = (_pad_steps(_uniform_as_scalar(g), n_buffer)
+                                      for g in (g_x, g_v, g_u, g_spikes, g_mem))
     current, spikes, v, u = (_pad_steps(t, n_buffer) for t in (current, spikes, v, u))
     with precision_scope(_np_dtype(current.dtype)):
         cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
-            (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes")))
+            (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes"), (g_mem, "grad_mem")))
         traj = Trajectory(bridge.to_jax(spikes, "spikes"), None, bridge.to_jax(v, "v"), bridge.to_jax(u, "u"))
         grads = simulate_backward(
             bridge.to_jax(current, "current"),
@@ -179,7 +189,7 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
 
 @izhikevich_scan_backward.register_fake
 def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes=None, surrogate="",
-      surrogate_param=0.0):
+      surrogate_param=0.0, g_mem=None):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
 
 
@@ -225,8 +235,8 @@ class _EagerScan(torch.autograd.Function):
         return output
 
     @staticmethod
-    def backward(ctx, g_spikes, g_x, g_v, g_u):
-        g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, _backward_impl, g_spikes, g_x, g_v, g_u)
+    def backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
+        g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, _backward_impl, g_spikes, g_x, g_v, g_u, g_mem)
         return (g_current, g_v0, g_u0, None, None, None, None, *g_params)
 
 
@@ -255,10 +265,14 @@ def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list
          scheme: str, surrogate: str = "", surrogate_param: float = 0.0):
     """What the module calls: the custom op :func:`izhikevich_scan` under ``torch.compile`` (an opaque
     node, fake shapes, registered autograd), a plain ``autograd.Function`` over the same
-    implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs."""
+    implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs, except
+    that without anything to differentiate, ``v`` and ``u`` are the final state ``[1, *batch, *units]``
+    (the kernel then writes no state traces)."""
     global _kernel_ran_here
     if torch.compiler.is_compiling():
         return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param)
     _check_not_forked()
     _kernel_ran_here = True
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (current, v0, u0, *params))):
+        return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=False)
     return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, *params)

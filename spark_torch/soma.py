@@ -216,18 +216,18 @@ class IzhikevichSoma(snn.Leaky):
             v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
         sequence = cur.unsqueeze(0) if step_input else cur
         fused = self._fused_surrogate()
-        spikes, x, v, u = scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-                               float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
+        spikes, x, v, u, mem = scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
+                                    float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)))
         spk = self._emit(spikes, x, fused is not None)
-        v_last, u_last = v[-1], u[-1]
+        v_last, u_last = v[-1], u[-1]  # v, u: [T, ...] traces, or [1, ...] final state (nothing to differentiate)
         if v.shape[0] > 1:  # own copies: a view would keep the whole [T, B, N] trajectories alive
             v_last, u_last = v_last.clone(), u_last.clone()
-        mem_last = self._normalize(v_last)  # a fresh tensor (not a view), so snnTorch may detach_() it
+        mem_last = mem[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
         if step_input:
             self._set_state(mem_last, v_last, u_last)
             spk, mem_out = spk[0], mem_last
         else:
-            mem_out = self._normalize(v)
+            mem_out = mem
             self._set_state(mem_last, v_last, u_last, also_own_last_row_of=mem_out)
         if self.output:
             return spk, mem_out
@@ -255,9 +255,6 @@ class IzhikevichSoma(snn.Leaky):
         if not torch.compiler.is_compiling() and not factor.requires_grad and float(factor) == 1.0:
             return spikes  # skip a [T, B, N] multiply by one
         return spikes * factor
-
-    def _normalize(self, v: torch.Tensor) -> torch.Tensor:
-        return (v - self.potential_rest) / (self.threshold - self.potential_rest)
 
     # ------------------------------------------------------------------ state
     def _rest_state(self, shape, dtype):

@@ -291,3 +291,57 @@ def test_custom_vjp_matches_plain_autodiff(scheme):
         assert g.shape == e.shape, name
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-9, atol=1e-9, err_msg=name)
         assert np.abs(np.asarray(e)).max() > 0, name  # every gradient is actually exercised
+
+
+@pytest.mark.parametrize("scheme", K.SCHEMES)
+def test_backward_of_normalized_membrane_matches_plain_autodiff(scheme):
+    """The ``mem`` cotangent (simulate_backward's 5th) reaches current, state, v_r and v_pk exactly as JAX
+    autodiff of ``(v − v_r) / (v_pk − v_r)`` on the plain scan does."""
+    T, B, N = 25, 2, len(CLASSES)
+    with K.precision_scope(np.float64):
+        rng = np.random.default_rng(4)
+        current = jnp.asarray(rng.uniform(0.0, 120.0, (T, B, N)))
+        p = params_of(ref.fig2_params(), np.float64)._replace(
+            potential_rest=jnp.asarray(rng.uniform(-70, -60, N)), threshold=jnp.asarray(rng.uniform(25, 35, N)))
+        state = K.IzhikevichState(jnp.asarray(rng.uniform(-70, -60, (B, N))), jnp.asarray(rng.uniform(-14, -12, (B, N))))
+        w = jnp.asarray(rng.standard_normal((T, B, N)))
+        traj = K.simulate_forward(current, state, p, np.int32(T), dt=1.0, scheme=scheme, return_mem=True)
+        assert 5 < int(traj.spikes.sum()) < T * B * N // 2
+        g_current, g_state, g_params = K.simulate_backward(current, state, p, traj, (None, None, None, None, w),
+                                                           np.int32(T), dt=1.0, scheme=scheme)
+
+        def loss(c, s, q):
+            v = autodiff_reference(c, s, q, 1.0, scheme)[1]
+            return (w * (v - q.potential_rest) / (q.threshold - q.potential_rest)).sum()
+
+        want = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))(current, state, p)
+        np.testing.assert_allclose(np.asarray(traj.mem), np.asarray(
+            (autodiff_reference(current, state, p, 1.0, scheme)[1] - p.potential_rest) / (p.threshold - p.potential_rest)),
+            rtol=1e-12, atol=1e-12)
+    got = (g_current, g_state, K.IzhikevichParams(*(K._sum_to_shape(g, jnp.shape(q)) for g, q in zip(g_params, p))))
+    for g, e, name in zip(jax.tree.leaves(got), jax.tree.leaves(want), ["current", "v0", "u0", *FIELDS]):
+        np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-9, atol=1e-9, err_msg=name)
+    assert np.abs(np.asarray(g_params.potential_rest)).max() > 0 and np.abs(np.asarray(g_params.threshold)).max() > 0
+
+
+@pytest.mark.parametrize("scheme", K.SCHEMES)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_inference_forward_equals_traced_forward_bitwise(scheme, dtype):
+    """``trace_state=False`` (no v/u traces, mem written in the loop) gives bit-identical spikes, mem and
+    final state; rows past ``n_steps`` of a padded buffer stay zero in both."""
+    T_buf, n = 16, 11
+    rng = np.random.default_rng(5)
+    with K.precision_scope(dtype):
+        p = params_of(ref.fig2_params(), dtype)
+        current = jnp.asarray(rng.uniform(0.0, 120.0, (T_buf, 3, len(CLASSES))), dtype)
+        state = K.rest_state(p, current.shape[1:], dtype)
+        kw = dict(dt=1.0, scheme=scheme, spike_dtype=dtype, return_x=False, return_mem=True)
+        traced = K.simulate_forward(current, state, p, np.int32(n), trace_state=True, **kw)
+        inference = K.simulate_forward(current, state, p, np.int32(n), trace_state=False, **kw)
+    assert inference.v.shape == inference.u.shape == (1, *current.shape[1:])
+    assert int(np.asarray(traced.spikes).sum()) > 5
+    for got, want in ((inference.spikes, traced.spikes), (inference.mem, traced.mem),
+                      (inference.v[0], traced.v[n - 1]), (inference.u[0], traced.u[n - 1])):
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    for a in (traced.mem, inference.mem, traced.spikes):
+        assert not np.asarray(a)[n:].any()

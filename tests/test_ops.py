@@ -51,7 +51,13 @@ def make_inputs(T=25, B=3, dtype=torch.float64, seed=0, low=0.0, high=150.0, req
 
 
 def run_op(current, v0, u0, params, dt=1.0, scheme="euler"):
+    """The op's outputs: spikes, x, v, u, mem."""
     return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme, "", 0.0)
+
+
+def normalized(v, params):
+    """snnTorch's membrane units, as the op computes mem: (v − v_r) / (v_pk − v_r)."""
+    return (v - params["potential_rest"]) / (params["threshold"] - params["potential_rest"])
 
 
 # ---- (a) the bridge: zero-copy where possible, explicit copies otherwise, no downcast -------------
@@ -116,7 +122,7 @@ def test_float64_outside_precision_scope_raises_instead_of_downcasting():
 
 def test_float64_op_is_float64_and_matches_numpy():
     current, v0, u0, params = make_inputs(T=40)  # short: the spike/reset map amplifies 1-ulp FMA differences
-    spikes, x, v, u = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem = run_op(current, v0, u0, params)
     assert all(o.dtype == torch.float64 for o in (spikes, x, v, u))
     assert jax.config.jax_enable_x64 is False
     r = ref_np.simulate(current.numpy(), {k: p.numpy() for k, p in params.items()}, v0.numpy(), u0.numpy())
@@ -130,9 +136,9 @@ def test_float64_op_is_float64_and_matches_numpy():
 
 def test_op_hot_path_makes_no_copies():
     current, v0, u0, params = make_inputs(requires_grad=True)
-    spikes, x, v, u = run_op(current, v0, u0, params)
-    w = torch.randn(3, *x.shape, dtype=x.dtype)
-    ((w[0] * x).sum() + (w[1] * v).sum() + (w[2] * u).sum()).backward()
+    spikes, x, v, u, mem = run_op(current, v0, u0, params)
+    w = torch.randn(4, *x.shape, dtype=x.dtype)
+    ((w[0] * x).sum() + (w[1] * v).sum() + (w[2] * u).sum() + (w[3] * mem).sum()).backward()
     assert not bridge.copy_counts, dict(bridge.copy_counts)
 
 
@@ -142,9 +148,11 @@ def test_op_hot_path_makes_no_copies():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_op_outputs_match_references(scheme, dtype):
     current, v0, u0, params = make_inputs(T=30, dtype=dtype)
-    spikes, x, v, u = run_op(current, v0, u0, params, 1.0, scheme)
-    assert spikes.shape == x.shape == v.shape == u.shape == current.shape
-    assert all(o.dtype == dtype for o in (spikes, x, v, u))
+    spikes, x, v, u, mem = run_op(current, v0, u0, params, 1.0, scheme)
+    assert spikes.shape == x.shape == v.shape == u.shape == mem.shape == current.shape
+    assert all(o.dtype == dtype for o in (spikes, x, v, u, mem))
+    # XLA may divide as a multiplication by the reciprocal: within one rounding of torch's division
+    torch.testing.assert_close(mem, normalized(v, params), rtol=2 * torch.finfo(dtype).eps, atol=0)
     r_spk, r_x, r_v, r_u = reference_run(current, v0, u0, params, 1.0, scheme)
     # float32: XLA's FMA contraction vs torch's separate rounding, amplified near threshold by the quadratic
     tol = dict(rtol=1e-11, atol=1e-9) if dtype == torch.float64 else dict(rtol=1e-4, atol=2e-2)
@@ -163,7 +171,7 @@ def test_op_outputs_match_references(scheme, dtype):
 def test_op_worked_example_float32():
     current = torch.full((5, 1, 1), 100.0)
     params = {k: torch.tensor([v], dtype=torch.float32) for k, v in ref_np.DEFAULTS.items()}
-    spikes, x, v, u = run_op(current, torch.full((1, 1), -65.0), torch.full((1, 1), -13.0), params)
+    spikes, x, v, u, mem = run_op(current, torch.full((1, 1), -65.0), torch.full((1, 1), -13.0), params)
     torch.testing.assert_close(spikes.flatten(), torch.tensor([0.0, 0, 0, 0, 1]))
     torch.testing.assert_close(v.flatten(), torch.tensor([-58.0, -50.44, -37.900256, -7.03004, -65.0]), rtol=0, atol=1e-4)
     torch.testing.assert_close(u.flatten(), torch.tensor([-13.0, -12.972, -12.91432, -12.807635, -10.579602]),
@@ -172,16 +180,16 @@ def test_op_worked_example_float32():
 
 # ---- (c) gradients == reference_torch; gradcheck in a smooth region -----------------------------
 
-def _weighted_loss(w, spk, x, v, u):
-    return (w[0] * spk).sum() + (w[1] * x).sum() + (w[2] * v).sum() + (w[3] * u).sum()
+def _weighted_loss(w, spk, x, v, u, mem):
+    return (w[0] * spk).sum() + (w[1] * x).sum() + (w[2] * v).sum() + (w[3] * u).sum() + (w[4] * mem).sum()
 
 
 def _op_with_surrogate(spike_grad):
     """What the module does: the kernel's hard spike, with the gradient of spike_grad(x)."""
     def run(current, v0, u0, params, dt, scheme):
-        spikes, x, v, u = run_op(current, v0, u0, params, dt, scheme)
+        spikes, x, v, u, mem = run_op(current, v0, u0, params, dt, scheme)
         sg = spike_grad(x)
-        return spikes + (sg - sg.detach()), x, v, u
+        return spikes + (sg - sg.detach()), x, v, u, mem
     return run
 
 
@@ -191,13 +199,14 @@ def _op_with_surrogate(spike_grad):
 def test_op_gradients_match_reference_torch(scheme, spike_grad):
     current, v0, u0, params = make_inputs(T=25, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
-    w = torch.randn(4, *current.shape, dtype=current.dtype, generator=torch.Generator().manual_seed(3))
+    w = torch.randn(5, *current.shape, dtype=current.dtype, generator=torch.Generator().manual_seed(3))
     dt = 1.0 if scheme == "euler" else 0.5
 
     out = _op_with_surrogate(spike_grad)(current, v0, u0, params, dt, scheme)
     assert 0 < out[0].sum() < out[0].numel() / 2
     got = torch.autograd.grad(_weighted_loss(w, *out), leaves)
     out_ref = reference_run(current, v0, u0, params, dt, scheme, spike_grad=spike_grad)
+    out_ref = (*out_ref, normalized(out_ref[2], params))
     torch.testing.assert_close(out[0], out_ref[0], rtol=0, atol=0)
     want = torch.autograd.grad(_weighted_loss(w, *out_ref), leaves)
 
@@ -207,15 +216,16 @@ def test_op_gradients_match_reference_torch(scheme, spike_grad):
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-9, msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("used", ["x", "v", "u"])
+@pytest.mark.parametrize("used", ["x", "v", "u", "mem"])
 def test_op_gradient_from_a_single_output(used):
     """Unused outputs send no gradient (None cotangents); the result still equals the reference."""
     current, v0, u0, params = make_inputs(T=15, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
-    k = "xvu".index(used) + 1
+    k = ["x", "v", "u", "mem"].index(used) + 1
     opts = dict(allow_unused=True, materialize_grads=True)  # e.g. u does not depend on the threshold
     g = torch.autograd.grad(run_op(current, v0, u0, params)[k].sum(), leaves, **opts)
-    e = torch.autograd.grad(reference_run(current, v0, u0, params)[k].sum(), leaves, **opts)
+    ref = reference_run(current, v0, u0, params)
+    e = torch.autograd.grad((*ref, normalized(ref[2], params))[k].sum(), leaves, **opts)
     for a, b in zip(g, e):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
 
@@ -227,8 +237,8 @@ def test_gradcheck_in_smooth_region(scheme):
     inputs = [t.clone().requires_grad_() for t in (current, v0, u0, *params.values())]
 
     def fn(current, v0, u0, *p):
-        _, x, v, u = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0)
-        return x, v, u
+        _, x, v, u, mem = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0)
+        return x, v, u, mem
 
     spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme, "", 0.0)[0]
     assert spikes.sum() == 0
@@ -247,7 +257,7 @@ def test_opcheck_forward(dtype):
 
 def test_opcheck_backward():
     current, v0, u0, params = make_inputs(T=6, B=2)
-    spikes, x, v, u = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
     plist = [params[k] for k in PARAM_NAMES]
     torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, 1.0, "euler",
@@ -257,8 +267,8 @@ def test_opcheck_backward():
 # ---- (e) torch.compile -------------------------------------------------------------------------
 
 def _compiled_target(current, v0, u0, *p):
-    spikes, x, v, u = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0)
-    return spikes, (x * 0.5).sum() + (v ** 2).mean() - u.sum()
+    spikes, x, v, u, mem = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0)
+    return spikes, (x * 0.5).sum() + (v ** 2).mean() - u.sum() + (mem ** 2).sum()
 
 
 # aot_eager runs Dynamo (fullgraph) and AOTAutograd over the op's fake impls and registered backward,
@@ -306,7 +316,7 @@ def test_inplace_edit_before_backward_raises_like_native_torch(which):
 def test_no_recompilation_per_call():
     def fwd_bwd(seed, loss_kind):
         current, v0, u0, params = make_inputs(T=17, B=2, dtype=torch.float32, seed=seed, requires_grad=True)
-        spikes, x, v, u = run_op(current, v0, u0, params)
+        spikes, x, v, u, mem = run_op(current, v0, u0, params)
         loss = (x.sum() + v.sum() + u.sum()) if loss_kind == "sum" else (x * v).mean() + u.mean()
         loss.backward()
         return current.grad
@@ -322,7 +332,7 @@ def test_no_recompilation_per_call():
 def test_empty_sequence_backward():
     """T = 0 at the op level: no outputs, the state's gradient passes straight through."""
     current, v0, u0, params = make_inputs(T=0, requires_grad=True)
-    spikes, x, v, u = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem = run_op(current, v0, u0, params)
     assert v.shape == (0, *v0.shape)
     (v.sum() + v0.sum()).backward()
     torch.testing.assert_close(v0.grad, torch.ones_like(v0))

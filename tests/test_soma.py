@@ -102,6 +102,36 @@ def test_sequence_call_equals_step_calls_bitwise(dtype, scheme):
     assert torch.equal(seq.recovery, steps.recovery) and torch.equal(seq.potential, steps.potential)
 
 
+@pytest.mark.parametrize("sequence", [True, False], ids=["sequence", "step"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_inference_equals_training_forward_bitwise(sequence, scheme):
+    """Under ``torch.no_grad()`` the kernel writes no state traces; spikes, mem and the carried state
+    are bit-identical to a call that records the graph, and the hidden state continues the same."""
+    T, B, N = 40, 3, 8
+    cur = _drive((T, B, N), scale=3.0)
+    layers = [IzhikevichSoma(resistance=10.0, scheme=scheme, sequence=sequence, learnable=("threshold",))
+              for _ in range(2)]
+    outputs = []
+    for layer, grad in zip(layers, (True, False)):
+        with torch.set_grad_enabled(grad):
+            if sequence:
+                spk, mem = layer(cur[:25])
+                spk2, mem2 = layer(cur[25:], mem[-1])
+                outputs.append((torch.cat([spk, spk2]), torch.cat([mem, mem2])))
+            else:
+                mem, steps = layer.init_leaky(), []
+                for cur_t in cur.unbind(0):
+                    spk, mem = layer(cur_t, mem)
+                    steps.append((spk, mem))
+                outputs.append(tuple(torch.stack(z) for z in zip(*steps)))
+    (spk_train, mem_train), (spk_infer, mem_infer) = outputs
+    assert mem_train.requires_grad and not mem_infer.requires_grad
+    assert spk_train.sum() > 0
+    assert torch.equal(spk_train, spk_infer) and torch.equal(mem_train.detach(), mem_infer)
+    for name in ("mem", "potential", "recovery"):
+        assert torch.equal(getattr(layers[0], name).detach(), getattr(layers[1], name)), name
+
+
 def test_step_gradients_match_reference_through_time():
     """BPTT over explicit step calls == the reference's gradients (input and learnables)."""
     T, B, N = 20, 2, 5

@@ -255,7 +255,7 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     re-integrated from the saved pre-step state (``traj.v[t-1]``, or the initial state at ``t = 0``)
     and differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly
     the forward's resets. ``param_mask`` (static) selects the parameters whose gradients are wanted
-    (default: all); the others are returned as zeros without being computed. Parameter gradients are
+    (default: all); the others are returned as ``None`` without being computed. Parameter gradients are
     accumulated at the state's shape ``[*batch, *units]`` (elementwise adds in the loop) and reduced
     once at the end. Rows ``t >= n_steps`` of the current's gradient are zero.
     """
@@ -309,7 +309,7 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m), jnp.zeros(current.shape, dtype))
     g_v0, g_u0, g_wanted, g_current = lax.fori_loop(0, n_steps, body, init)
     g_wanted = iter(g_wanted)
-    g_params = IzhikevichParams(*(_sum_to_shape(next(g_wanted), jnp.shape(q)) if m else jnp.zeros_like(q)
+    g_params = IzhikevichParams(*(_sum_to_shape(next(g_wanted), jnp.shape(q)) if m else None
                                   for q, m in zip(params, mask)))
     g_state = IzhikevichState(_sum_to_shape(g_v0, jnp.shape(state.v)), _sum_to_shape(g_u0, jnp.shape(state.u)))
     return g_current[:n_rows], g_state, g_params
@@ -353,7 +353,7 @@ def _simulate_vjp_bwd(dt, scheme, residuals, cotangent: Trajectory):
     current, state, params, traj = residuals
     g_current, g_state, g_params = _simulate_bwd(
         current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), current.shape[0], dt, scheme)
-    g_params = IzhikevichParams(*(_sum_to_shape(g, jnp.shape(p)) for g, p in zip(g_params, params)))
+    g_params = IzhikevichParams(*(_sum_to_shape(g, jnp.shape(p)) for g, p in zip(g_params, params)))  # all wanted
     return g_current, g_state, g_params
 
 

@@ -162,8 +162,9 @@ def izhikevich_scan_backward(
     ``g_spikes`` is the spikes' cotangent when the surrogate is fused (see :func:`izhikevich_scan`);
     ``g_mem`` the normalized membrane's.
     """
-    return _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                          surrogate, surrogate_param, g_mem)
+    grads = _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
+                           surrogate, surrogate_param, g_mem)
+    return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, [current, v0, u0, *params])]
 
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
@@ -184,7 +185,7 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
             param_mask=tuple(param_mask), surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
         g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
     return [g_current[:n_steps], _sum_to(g_v0, v0), _sum_to(g_u0, u0),
-            *(_sum_to(g, p) for g, p in zip(g_params, params))]
+            *(None if g is None else _sum_to(g, p) for g, p in zip(g_params, params))]
 
 
 @izhikevich_scan_backward.register_fake

@@ -268,7 +268,6 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     n_rows = current.shape[0]
     current, g_x, g_v, g_u, g_spikes, g_mem = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes, g_mem))
     spikes, v_trace, u_trace = map(_at_least_two_rows, (traj.spikes, traj.v, traj.u))
-    spikes = spikes if spikes.dtype == jnp.bool_ else spikes != 0
     state_shape = current.shape[1:]
     v0, u0 = (jnp.broadcast_to(jnp.asarray(a, dtype), state_shape) for a in (state.v, state.u))
 
@@ -295,7 +294,9 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         u = jnp.where(t == 0, u0, lax.dynamic_index_in_dim(u_trace, before, keepdims=False))
         gx_t, gv_t, gu_t, gs_t, gm_t = (row(a, t) for a in (g_x, g_v, g_u, g_spikes, g_mem))
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
-        (x_t, *_), vjp = jax.vjp(partial(local, spike=row(spikes, t)), v, u, row(current, t), wanted)
+        spike_t = lax.dynamic_index_in_dim(spikes, t, keepdims=False)
+        spike_t = spike_t if spike_t.dtype == jnp.bool_ else spike_t != 0  # per row: no [T, ...] bool copy
+        (x_t, *_), vjp = jax.vjp(partial(local, spike=spike_t), v, u, row(current, t), wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t

@@ -36,8 +36,10 @@ cotangent is turned into dL/dx inside the reverse scan and no x trace is materia
 from __future__ import annotations
 
 import os
-from typing import Optional
+from functools import partial
+from typing import NamedTuple, Optional
 
+import jax
 import numpy as np
 import torch
 
@@ -62,21 +64,41 @@ def izhikevich_scan(
     return _forward_impl(current, v0, u0, params, dt, scheme, surrogate)
 
 
+class _KernelArrays(NamedTuple):
+    """The JAX arrays a forward call imported and produced, kept (eager path) for its backward, which
+    then imports nothing twice. They alias tensors that ``save_for_backward`` also holds, so torch's
+    in-place check still runs before they are used. ``current`` is ``None`` when it was a padded copy
+    (not kept alive between the passes; the backward pads again)."""
+
+    current: Optional[jax.Array]
+    state: IzhikevichState
+    params: IzhikevichParams
+    traj: Trajectory  # spikes, v, u over the whole buffer (x and mem dropped)
+
+
 def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True):
     """The kernel's forward; ``trace_state=False``: ``v``, ``u`` are the final state ``[1, ...]`` only."""
+    return _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state)[0]
+
+
+def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=True):
+    """:func:`_forward_impl`'s outputs and the :class:`_KernelArrays` behind them."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     with precision_scope(_np_dtype(current.dtype)):
+        current_j = bridge.to_jax(_pad_steps(current, n_buffer), "current")
+        arrays = _KernelArrays(current_j if n_buffer == n_steps else None,
+                               IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
+                               _params_to_jax(params), None)
         traj = simulate_forward(
-            bridge.to_jax(_pad_steps(current, n_buffer), "current"),
-            IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), np.int32(n_steps), dt=dt, scheme=scheme, spike_dtype=_np_dtype(current.dtype),
-            return_x=not surrogate, return_mem=True, trace_state=trace_state)
+            current_j, arrays.state, arrays.params, np.int32(n_steps), dt=dt, scheme=scheme,
+            spike_dtype=_np_dtype(current.dtype), return_x=not surrogate, return_mem=True, trace_state=trace_state)
         spikes, x, v, u, mem = bridge.results_to_torch(tuple(traj))
     spikes, x, mem = (None if a is None else a[:n_steps] for a in (spikes, x, mem))
     if trace_state:
         v, u = v[:n_steps], u[:n_steps]
-    return spikes, (current.new_empty(0) if x is None else x), v, u, mem
+    outputs = spikes, (current.new_empty(0) if x is None else x), v, u, mem
+    return outputs, arrays._replace(traj=traj._replace(x=None, mem=None))
 
 
 #: How many distinct sequence lengths T get a loop buffer of exactly T steps (and so an executable of
@@ -168,20 +190,24 @@ def izhikevich_scan_backward(
 
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                   surrogate, surrogate_param, g_mem=None):
+                   surrogate, surrogate_param, g_mem=None, arrays: Optional[_KernelArrays] = None):
+    """The reverse scan; ``arrays`` (from the forward) saves re-importing what JAX already has."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     g_x, g_v, g_u, g_spikes, g_mem = (_pad_steps(_uniform_as_scalar(g), n_buffer)
                                       for g in (g_x, g_v, g_u, g_spikes, g_mem))
-    current, spikes, v, u = (_pad_steps(t, n_buffer) for t in (current, spikes, v, u))
     with precision_scope(_np_dtype(current.dtype)):
+        if arrays is None:
+            spikes, v, u = (_pad_steps(t, n_buffer) for t in (spikes, v, u))
+            arrays = _KernelArrays(None, IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
+                                   _params_to_jax(params), Trajectory(bridge.to_jax(spikes, "spikes"), None,
+                                                                      bridge.to_jax(v, "v"), bridge.to_jax(u, "u")))
+        current_j = arrays.current if arrays.current is not None else bridge.to_jax(
+            _pad_steps(current, n_buffer), "current")
         cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
             (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes"), (g_mem, "grad_mem")))
-        traj = Trajectory(bridge.to_jax(spikes, "spikes"), None, bridge.to_jax(v, "v"), bridge.to_jax(u, "u"))
         grads = simulate_backward(
-            bridge.to_jax(current, "current"),
-            IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-            _params_to_jax(params), traj, cotangents, np.int32(n_steps), dt=dt, scheme=scheme,
+            current_j, arrays.state, arrays.params, arrays.traj, cotangents, np.int32(n_steps), dt=dt, scheme=scheme,
             param_mask=tuple(param_mask), surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
         g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
     return [g_current[:n_steps], _sum_to(g_v0, v0), _sum_to(g_u0, u0),
@@ -231,13 +257,15 @@ class _EagerScan(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, *params):
-        output = _forward_impl(current, v0, u0, list(params), dt, scheme, surrogate)
+        output, ctx.kernel_arrays = _forward_kernel(current, v0, u0, list(params), dt, scheme, surrogate)
         _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param, output)
         return output
 
     @staticmethod
     def backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
-        g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, _backward_impl, g_spikes, g_x, g_v, g_u, g_mem)
+        arrays, ctx.kernel_arrays = ctx.kernel_arrays, None  # released; a retain_graph rerun imports again
+        g_current, g_v0, g_u0, *g_params = _saved_backward(
+            ctx, partial(_backward_impl, arrays=arrays), g_spikes, g_x, g_v, g_u, g_mem)
         return (g_current, g_v0, g_u0, None, None, None, None, *g_params)
 
 

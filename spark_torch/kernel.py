@@ -117,8 +117,14 @@ def _drive(v, u, current, p: IzhikevichParams):
 
 
 def _confine(v):
-    """Clip an integrated membrane value to ``[-V_LIMIT, V_LIMIT]`` mV (NaN stays NaN)."""
-    return jnp.clip(v, -V_LIMIT, V_LIMIT)
+    """Clip an integrated membrane value to ``[-V_LIMIT, V_LIMIT]`` mV (NaN stays NaN).
+
+    Written with selects rather than ``jnp.clip``: the same values, but its derivative is 1 inside the
+    closed interval and 0 beyond it (as ``torch.clamp``'s), where ``clip``'s max/min rule splits ties
+    with a division, which XLA will not duplicate into the reverse loop's fusions (two more passes
+    over the state per step in the backward).
+    """
+    return jnp.where(v > V_LIMIT, V_LIMIT, jnp.where(v < -V_LIMIT, -V_LIMIT, v))
 
 
 def _integrate(v, u, current, p: IzhikevichParams, dt: float, scheme: str):
@@ -190,6 +196,20 @@ def _at_least_two_rows(a):
     return jnp.concatenate([a, jnp.zeros((MIN_BUFFER_STEPS - a.shape[0], *a.shape[1:]), a.dtype)])
 
 
+def _distinct_zeros(shape, dtype, k: int):
+    """A zero buffer that XLA does not merge with the other ``k`` (0, 1, ...) built the same way.
+
+    XLA merges identical ``zeros`` into one buffer and then gives every loop buffer its own *copy* of
+    it: one extra read and write of ``[T, ...]`` per trace. ``(iota + k) * 0`` (floating point: XLA
+    cannot fold it) is written once per buffer instead; its values are exactly +0. Measured on the
+    kernel's forward at 50×256×4096 together with the select-based :func:`_confine`: 148 -> 126 ms.
+    """
+    if k == 0:
+        return jnp.zeros(shape, dtype)
+    iota = lax.broadcasted_iota(jnp.float32, shape, 0)
+    return ((iota + k) * 0.0).astype(dtype)
+
+
 def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
               spike_dtype=None, return_x: bool = True, return_mem: bool = False,
               trace_state: bool = True) -> Trajectory:
@@ -224,8 +244,10 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps
                        for buf, val in zip(traces, values))
         return nxt, traces
 
+    n_buffers = iter(range(len(Trajectory._fields)))
+
     def buffer(wanted, buffer_dtype=dtype):
-        return jnp.zeros(current.shape, buffer_dtype) if wanted else None
+        return _distinct_zeros(current.shape, buffer_dtype, next(n_buffers)) if wanted else None
 
     traces = (buffer(True, spike_dtype), buffer(return_x), buffer(trace_state), buffer(trace_state),
               buffer(mem_in_loop))

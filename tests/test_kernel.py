@@ -345,3 +345,29 @@ def test_inference_forward_equals_traced_forward_bitwise(scheme, dtype):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     for a in (traced.mem, inference.mem, traced.spikes):
         assert not np.asarray(a)[n:].any()
+
+
+def test_padded_rows_of_every_trace_are_positive_zero():
+    """Rows past ``n_steps`` of all five traces (each from its own zero initialiser) are +0 exactly."""
+    T_buf, n = 8, 5
+    p = params_of(ref.fig2_params(), np.float32)
+    current = jnp.asarray(np.random.default_rng(2).uniform(0.0, 120.0, (T_buf, 2, len(CLASSES))), jnp.float32)
+    traj = K.simulate_forward(current, K.rest_state(p, current.shape[1:], np.float32), p, np.int32(n), dt=1.0,
+                              scheme="euler", spike_dtype=np.float32, return_x=True, return_mem=True)
+    for name, a in zip(K.Trajectory._fields, traj):
+        a = np.asarray(a)
+        assert a[:n].any(), name
+        assert not a[n:].any() and not np.signbit(a[n:]).any(), f"{name}: padded rows are not +0"
+
+
+def test_confine_derivative_is_torch_clamps():
+    """The bound's derivative: 1 on the closed interval [−V_LIMIT, V_LIMIT], 0 beyond (torch.clamp's rule)."""
+    torch = pytest.importorskip("torch")
+    v = np.array([-3e5, -K.V_LIMIT, -1.0, 0.0, 2.5, K.V_LIMIT, 3e5])
+    with K.precision_scope(np.float64):
+        got = jax.vmap(jax.grad(K._confine))(jnp.asarray(v, jnp.float64))
+        values = K._confine(jnp.asarray(v, jnp.float64))
+    t = torch.tensor(v, requires_grad=True)
+    torch.clamp(t, -K.V_LIMIT, K.V_LIMIT).sum().backward()
+    np.testing.assert_array_equal(np.asarray(got), t.grad.numpy())
+    np.testing.assert_array_equal(np.asarray(values), np.clip(v, -K.V_LIMIT, K.V_LIMIT))

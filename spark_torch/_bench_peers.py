@@ -79,6 +79,17 @@ class SparkSequence(Contender):
         return self.layer(inp)[0]
 
 
+class SparkSequenceCheckpointed(SparkSequence):
+    name, label = "spark_seq_ckpt", "spark_torch sequence, checkpoint_recovery"
+    note = "IzhikevichSoma(sequence=True, checkpoint_recovery=True): u kept every ceil(sqrt(T)) steps, recomputed"
+
+    def setup(self, current):
+        Contender.setup(self, current)
+        from spark_torch import IzhikevichSoma
+        self.layer = IzhikevichSoma(sequence=True, resistance=1.0, recovery_update=D, spike_grad=_fast_sigmoid(),
+                                    checkpoint_recovery=True)
+
+
 class SparkStep(Contender):
     name, label = "spark_step", "spark_torch step loop"
     note = "IzhikevichSoma step mode: `spk, mem = layer(x_t, mem)` for x_t in I.unbind(0) (snnTorch style)"
@@ -548,6 +559,6 @@ class CFused(Contender):
         return self.fwd().sum(0).astype(np.int64)
 
 
-ALL = [SparkSequence, SparkStep, JaxDirect, TorchEager, TorchCompileLoop, TorchCompileStep, NorseIzhikevich,
-       SpikingJellyIzhikevich, SnnLeaky, NumbaFused, CFused]
+ALL = [SparkSequence, SparkSequenceCheckpointed, SparkStep, JaxDirect, TorchEager, TorchCompileLoop, TorchCompileStep,
+       NorseIzhikevich, SpikingJellyIzhikevich, SnnLeaky, NumbaFused, CFused]
 BY_NAME = {c.name: c for c in ALL}

@@ -41,6 +41,7 @@ when the input is 64-bit; the user's global JAX setting is never changed.
 from __future__ import annotations
 
 import contextlib
+import math
 from functools import partial
 from typing import NamedTuple, Optional
 
@@ -84,6 +85,10 @@ class Trajectory(NamedTuple):
     the post-step (post-reset) state, so ``Trajectory.v[-1], Trajectory.u[-1]`` is the final state.
     ``mem`` (only when asked for, else ``None``) is the post-reset membrane in snnTorch's normalized
     units, ``(v − v_r) / (v_pk − v_r)``.
+
+    With recovery checkpoints (``simulate_forward(..., recovery_every=K)``) ``u`` is the final state
+    only, ``[1, *batch, *units]``, and ``u_checkpoints`` ``[ceil(T_buf / K), *batch, *units]`` holds
+    the pre-step ``u`` of steps 0, K, 2K, ...: :func:`simulate_backward` recomputes the rest.
     """
 
     spikes: jax.Array
@@ -91,6 +96,7 @@ class Trajectory(NamedTuple):
     v: jax.Array
     u: jax.Array
     mem: Optional[jax.Array] = None
+    u_checkpoints: Optional[jax.Array] = None
 
 
 def precision_scope(dtype) -> contextlib.AbstractContextManager:
@@ -189,6 +195,15 @@ def surrogate_derivative(name: str, param: float, x):
 MIN_BUFFER_STEPS = 2
 
 
+def recovery_checkpoint_interval(n_buffer: int) -> int:
+    """Steps between two recovery checkpoints for a loop buffer of ``n_buffer`` rows: ``ceil(√n_buffer)``.
+
+    Keeping ``u`` every ``K`` steps and recomputing a block of ``K`` in the backward needs
+    ``ceil(n/K) + K`` rows of ``u`` instead of ``n``; ``K = √n`` makes that smallest (~2√n rows).
+    """
+    return max(1, math.isqrt(max(n_buffer, MIN_BUFFER_STEPS) - 1) + 1)
+
+
 def _at_least_two_rows(a):
     """Pad a ``[1, ...]`` time buffer with a zero row (inside the executable); others unchanged."""
     if a is None or jnp.ndim(a) == 0 or a.shape[0] >= MIN_BUFFER_STEPS:
@@ -212,7 +227,7 @@ def _distinct_zeros(shape, dtype, k: int):
 
 def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
               spike_dtype=None, return_x: bool = True, return_mem: bool = False,
-              trace_state: bool = True) -> Trajectory:
+              trace_state: bool = True, recovery_every: int = 0) -> Trajectory:
     """The forward loop over the first ``n_steps`` rows of ``current`` (a buffer ``[T_buf, ...]``).
 
     ``n_steps`` is a *runtime* int32 scalar (``0 <= n_steps <= T_buf``), so the loop is a while loop
@@ -224,6 +239,12 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps
     ``trace_state=False`` (inference: nothing will be differentiated) writes no ``v``/``u`` traces:
     ``v`` and ``u`` are then the final state only, ``[1, *batch, *units]``, and ``mem`` is written
     in the loop instead (same values, one ``[T, ...]`` buffer less to write).
+
+    ``recovery_every=K > 0`` (with ``trace_state``; static) keeps ``u`` only at steps 0, K, 2K, ...
+    (``Trajectory.u_checkpoints``, before the step) and returns the final ``u`` ``[1, ...]``: one
+    ``[T, ...]`` buffer less to keep for the backward, which recomputes the rest block by block.
+    ``K`` must be :func:`recovery_checkpoint_interval` of the (padded) buffer length, as the backward
+    assumes.
     """
     dtype = current.dtype
     spike_dtype = jnp.bool_ if spike_dtype is None else spike_dtype
@@ -234,31 +255,42 @@ def _simulate(current, state: IzhikevichState, params: IzhikevichParams, n_steps
     state = IzhikevichState(jnp.broadcast_to(jnp.asarray(state.v, dtype), shape),
                             jnp.broadcast_to(jnp.asarray(state.u, dtype), shape))
     mem_in_loop = return_mem and not trace_state
+    every = recovery_every if trace_state else 0
+    if every and every != recovery_checkpoint_interval(current.shape[0]):
+        raise ValueError(f"`recovery_every` (={every}) must be recovery_checkpoint_interval({current.shape[0]}) "
+                         f"= {recovery_checkpoint_interval(current.shape[0])} for a {current.shape[0]}-row buffer")
 
     def body(t, carry):
-        state, traces = carry
+        state, traces, checkpoints = carry
         (spike, x), nxt = step(state, lax.dynamic_index_in_dim(current, t, keepdims=False), params,
                                dt=dt, scheme=scheme)
         values = (spike.astype(spike_dtype), x, nxt.v, nxt.u, _normalized(nxt.v, params) if mem_in_loop else None)
         traces = tuple(None if buf is None else lax.dynamic_update_index_in_dim(buf, val, t, 0)
                        for buf, val in zip(traces, values))
-        return nxt, traces
+        if checkpoints is not None:  # row t // K holds u before step K·(t // K): written at its first step
+            j = t // every
+            kept = jnp.where(t % every == 0, state.u, lax.dynamic_index_in_dim(checkpoints, j, keepdims=False))
+            checkpoints = lax.dynamic_update_index_in_dim(checkpoints, kept, j, 0)
+        return nxt, traces, checkpoints
 
     n_buffers = iter(range(len(Trajectory._fields)))
 
     def buffer(wanted, buffer_dtype=dtype):
         return _distinct_zeros(current.shape, buffer_dtype, next(n_buffers)) if wanted else None
 
-    traces = (buffer(True, spike_dtype), buffer(return_x), buffer(trace_state), buffer(trace_state),
+    traces = (buffer(True, spike_dtype), buffer(return_x), buffer(trace_state), buffer(trace_state and not every),
               buffer(mem_in_loop))
-    final, (spikes, x, v, u, mem) = lax.fori_loop(0, n_steps, body, (state, traces))
+    checkpoints = jnp.zeros((-(-current.shape[0] // every), *shape), dtype) if every else None
+    final, (spikes, x, v, u, mem), checkpoints = lax.fori_loop(0, n_steps, body, (state, traces, checkpoints))
     if trace_state and return_mem:  # one vectorized pass after the loop; rows >= n_steps stay zero
         written = lax.broadcasted_iota(jnp.int32, v.shape, 0) < n_steps
         mem = jnp.where(written, _normalized(v, params), jnp.zeros((), dtype))
-    if trace_state:
-        return Trajectory(*(None if a is None else a[:n_rows] for a in (spikes, x, v, u, mem)))
-    spikes, x, mem = (None if a is None else a[:n_rows] for a in (spikes, x, mem))
-    return Trajectory(spikes, x, final.v[None], final.u[None], mem)
+    rows = lambda a: None if a is None else a[:n_rows]  # noqa: E731
+    if not trace_state:
+        return Trajectory(rows(spikes), rows(x), final.v[None], final.u[None], rows(mem))
+    if every:
+        return Trajectory(rows(spikes), rows(x), rows(v), final.u[None], rows(mem), checkpoints)
+    return Trajectory(*map(rows, (spikes, x, v, u, mem)))
 
 
 def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
@@ -280,6 +312,11 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     (default: all); the others are returned as ``None`` without being computed. Parameter gradients are
     accumulated at the state's shape ``[*batch, *units]`` (elementwise adds in the loop) and reduced
     once at the end. Rows ``t >= n_steps`` of the current's gradient are zero.
+
+    With recovery checkpoints (``traj.u_checkpoints``; ``traj.u`` is then the final ``u`` and ``dL/du``
+    its cotangent) the loop runs block by block, last block first: each block of ``K`` steps first
+    recomputes its pre-step ``u`` forward from its checkpoint, with the forward's own operations and
+    recorded spikes (bit-identical to the trace it replaces), then runs the same reverse steps.
     """
     dtype = current.dtype
     params = _cast_params(params, dtype)
@@ -287,9 +324,12 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     g_x, g_v, g_u, g_spikes, g_mem = (tuple(cotangents) + (None, None))[:5]
     if surrogate is None and g_spikes is not None:
         raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
+    checkpointed = traj.u_checkpoints is not None
+    g_u_final, g_u = (g_u, None) if checkpointed else (None, g_u)
     n_rows = current.shape[0]
     current, g_x, g_v, g_u, g_spikes, g_mem = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes, g_mem))
-    spikes, v_trace, u_trace = map(_at_least_two_rows, (traj.spikes, traj.v, traj.u))
+    spikes, v_trace = map(_at_least_two_rows, (traj.spikes, traj.v))
+    u_trace = None if checkpointed else _at_least_two_rows(traj.u)
     state_shape = current.shape[1:]
     v0, u0 = (jnp.broadcast_to(jnp.asarray(a, dtype), state_shape) for a in (state.v, state.u))
 
@@ -301,6 +341,14 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
             return jnp.broadcast_to(a.astype(dtype), state_shape)
         return lax.dynamic_index_in_dim(a, t, keepdims=False)
 
+    def before(trace, initial, t):
+        """The state before step ``t``: ``initial`` at ``t = 0``, else row ``t - 1`` of the post-step trace."""
+        return jnp.where(t == 0, initial, lax.dynamic_index_in_dim(trace, jnp.maximum(t - 1, 0), keepdims=False))
+
+    def spike_at(t):
+        spike = lax.dynamic_index_in_dim(spikes, t, keepdims=False)
+        return spike if spike.dtype == jnp.bool_ else spike != 0  # per row: no [T, ...] bool copy
+
     def local(v, u, i, wanted, spike):
         wanted = iter(wanted)
         p = IzhikevichParams(*(next(wanted) if m else q for q, m in zip(params, mask)))
@@ -308,17 +356,13 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         x, v_next, u_next = _fire_and_reset(v_star, u_star, spike, p)
         return (x, v_next, u_next) if g_mem is None else (x, v_next, u_next, _normalized(v_next, p))
 
-    def body(k, carry):
+    def reverse_step(t, u, carry):
+        """Back through step ``t`` from the pre-step recovery ``u``."""
         g_v_next, g_u_next, g_wanted, g_current = carry
-        t = n_steps - 1 - k
-        before = jnp.maximum(t - 1, 0)
-        v = jnp.where(t == 0, v0, lax.dynamic_index_in_dim(v_trace, before, keepdims=False))
-        u = jnp.where(t == 0, u0, lax.dynamic_index_in_dim(u_trace, before, keepdims=False))
+        v = before(v_trace, v0, t)
         gx_t, gv_t, gu_t, gs_t, gm_t = (row(a, t) for a in (g_x, g_v, g_u, g_spikes, g_mem))
         wanted = tuple(jnp.broadcast_to(q, state_shape) for q, m in zip(params, mask) if m)
-        spike_t = lax.dynamic_index_in_dim(spikes, t, keepdims=False)
-        spike_t = spike_t if spike_t.dtype == jnp.bool_ else spike_t != 0  # per row: no [T, ...] bool copy
-        (x_t, *_), vjp = jax.vjp(partial(local, spike=spike_t), v, u, row(current, t), wanted)
+        (x_t, *_), vjp = jax.vjp(partial(local, spike=spike_at(t)), v, u, row(current, t), wanted)
         g_v_post = g_v_next if gv_t is None else gv_t + g_v_next
         g_u_post = g_u_next if gu_t is None else gu_t + g_u_next
         g_x_t = jnp.zeros_like(v) if gx_t is None else gx_t
@@ -329,8 +373,39 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
         return g_v_prev, g_u_prev, tuple(map(jnp.add, g_wanted, g_p)), g_current
 
     zeros_state = jnp.zeros(state_shape, dtype)
-    init = (zeros_state, zeros_state, tuple(zeros_state for m in mask if m), jnp.zeros(current.shape, dtype))
-    g_v0, g_u0, g_wanted, g_current = lax.fori_loop(0, n_steps, body, init)
+    g_u_last = zeros_state if g_u_final is None else jnp.broadcast_to(
+        (g_u_final[0] if jnp.ndim(g_u_final) else g_u_final).astype(dtype), state_shape)
+    init = (zeros_state, g_u_last, tuple(zeros_state for m in mask if m), jnp.zeros(current.shape, dtype))
+    if not checkpointed:
+        def body(k, carry):
+            t = n_steps - 1 - k
+            return reverse_step(t, before(u_trace, u0, t), carry)
+
+        g_v0, g_u0, g_wanted, g_current = lax.fori_loop(0, n_steps, body, init)
+    else:
+        every = recovery_checkpoint_interval(current.shape[0])
+        n_blocks = (n_steps + every - 1) // every
+
+        def block(k, carry):
+            first = (n_blocks - 1 - k) * every
+            stop = jnp.minimum(first + every, n_steps)
+            checkpoint = lax.dynamic_index_in_dim(traj.u_checkpoints, first // every, keepdims=False)
+
+            def recompute(t, u_block):  # the forward's u update of step t, with its recorded spike
+                u = lax.dynamic_index_in_dim(u_block, t - first, keepdims=False)
+                v_star, u_star = _integrate(before(v_trace, v0, t), u, row(current, t), params, dt, scheme)
+                u_next = _fire_and_reset(v_star, u_star, spike_at(t), params)[2]
+                return lax.dynamic_update_index_in_dim(u_block, u_next, t - first + 1, 0)
+
+            u_block = jnp.zeros((every, *state_shape), dtype).at[0].set(checkpoint)
+            u_block = lax.fori_loop(first, stop - 1, recompute, u_block)
+            def body(i, carry):
+                t = stop - 1 - i
+                return reverse_step(t, lax.dynamic_index_in_dim(u_block, t - first, keepdims=False), carry)
+
+            return lax.fori_loop(0, stop - first, body, carry)
+
+        g_v0, g_u0, g_wanted, g_current = lax.fori_loop(0, n_blocks, block, init)
     g_wanted = iter(g_wanted)
     g_params = IzhikevichParams(*(_sum_to_shape(next(g_wanted), jnp.shape(q)) if m else None
                                   for q, m in zip(params, mask)))
@@ -347,9 +422,9 @@ def _sum_to_shape(g, shape):
 
 
 simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x", "return_mem",
-                                                      "trace_state"))
+                                                      "trace_state", "recovery_every"))
 simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype, return_x,
-return_mem, trace_state]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an array (e.g.
+return_mem, trace_state, recovery_every]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an array (e.g.
 ``np.int32(T)``): one executable per buffer shape."""
 
 simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))

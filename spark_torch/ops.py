@@ -1,4 +1,4 @@
-"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v3.izhikevich_scan``.
+"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v4.izhikevich_scan``.
 
 Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
 autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
@@ -8,7 +8,7 @@ autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as on
 time buffers are either exactly ``T`` long or padded to a power of two (:data:`MAX_EXACT_LENGTHS`), so
 the number of compiled executables stays bounded however many sequence lengths a program uses.
 
-The op namespace carries a version (``spark_torch_v3``): change it whenever the schema or the
+The op namespace carries a version (``spark_torch_v4``): change it whenever the schema or the
 backward changes, so that no stale compiled graph in an inductor cache can be reused.
 
 :func:`scan` is what the module calls: the custom op while ``torch.compile`` traces, and in eager
@@ -22,11 +22,14 @@ Inputs (all tensors of one floating dtype and device):
     current ``[T, *batch, *units]`` (pA); v0, u0 ``[*batch, *units]`` (mV, mV/ms);
     seven parameter tensors broadcastable to ``[*batch, *units]`` in
     :class:`spark_torch.kernel.IzhikevichParams` order; ``dt`` (ms); ``scheme``;
-    ``surrogate`` (``""`` or a fused surrogate's name) and its parameter.
+    ``surrogate`` (``""`` or a fused surrogate's name) and its parameter; ``recovery_checkpoints``.
 Outputs (fresh tensors, ``[T, *batch, *units]``, the input's dtype):
     spikes (0/1), x = (v* − v_pk)/(v_pk − v_r) (pre-reset; empty when the surrogate is fused),
     v (post-reset, mV), u (post-reset, mV/ms), mem = (v − v_r)/(v_pk − v_r) (snnTorch's normalized
-    membrane, computed in the kernel).
+    membrane, computed in the kernel), u_checkpoints (empty). With ``recovery_checkpoints=True``, u is
+    the final state only, ``[1, *batch, *units]``, and u_checkpoints ``[ceil(T_buf / K), ...]`` holds u
+    every ``K = ceil(√T_buf)`` steps (``T_buf``: the loop buffer's length, :func:`buffer_length`); the
+    backward recomputes the rest (bit-identical), so one ``[T, ...]`` trace less is kept alive.
 Autograd: gradients flow from x, v, u and mem to current, v0, u0 and every parameter tensor. The 0/1
 spikes carry no gradient (the module applies the user's surrogate to x) — unless one of snnTorch's
 built-in surrogates is *fused* (``surrogate="atan"|"fast_sigmoid"|"sigmoid"``): then the spikes'
@@ -44,24 +47,26 @@ import numpy as np
 import torch
 
 from . import bridge
-from .kernel import IzhikevichParams, IzhikevichState, Trajectory, precision_scope, simulate_backward, simulate_forward
+from .kernel import (MIN_BUFFER_STEPS, IzhikevichParams, IzhikevichState, Trajectory, precision_scope,
+                     recovery_checkpoint_interval, simulate_backward, simulate_forward)
 
-OP_NAMESPACE = "spark_torch_v3"
+OP_NAMESPACE = "spark_torch_v4"
 N_PARAMS = len(IzhikevichParams._fields)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan", mutates_args=())
 def izhikevich_scan(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float, scheme: str,
-    surrogate: str, surrogate_param: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    surrogate: str, surrogate_param: float, recovery_checkpoints: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units.
 
     ``surrogate=""``: spikes carry no gradient, ``x`` is returned for a torch-side surrogate.
     ``surrogate`` in ("atan", "fast_sigmoid", "sigmoid") with its parameter: the spikes are
     differentiable through that surrogate inside the reverse scan, and ``x`` is returned empty.
+    ``recovery_checkpoints``: keep ``u`` only every ~√T steps for the backward (module docstring).
     """
-    return _forward_impl(current, v0, u0, params, dt, scheme, surrogate)
+    return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, recovery_checkpoints=recovery_checkpoints)
 
 
 class _KernelArrays(NamedTuple):
@@ -73,18 +78,19 @@ class _KernelArrays(NamedTuple):
     current: Optional[jax.Array]
     state: IzhikevichState
     params: IzhikevichParams
-    traj: Trajectory  # spikes, v, u over the whole buffer (x and mem dropped)
+    traj: Trajectory  # spikes, v, u (or final u and u_checkpoints) over the whole buffer (x and mem dropped)
 
 
-def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True):
+def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False):
     """The kernel's forward; ``trace_state=False``: ``v``, ``u`` are the final state ``[1, ...]`` only."""
-    return _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state)[0]
+    return _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state, recovery_checkpoints)[0]
 
 
-def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=True):
+def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False):
     """:func:`_forward_impl`'s outputs and the :class:`_KernelArrays` behind them."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
+    every = recovery_checkpoint_interval(n_buffer) if recovery_checkpoints and trace_state else 0
     with precision_scope(_np_dtype(current.dtype)):
         current_j = bridge.to_jax(_pad_steps(current, n_buffer), "current")
         arrays = _KernelArrays(current_j if n_buffer == n_steps else None,
@@ -92,12 +98,15 @@ def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=
                                _params_to_jax(params), None)
         traj = simulate_forward(
             current_j, arrays.state, arrays.params, np.int32(n_steps), dt=dt, scheme=scheme,
-            spike_dtype=_np_dtype(current.dtype), return_x=not surrogate, return_mem=True, trace_state=trace_state)
-        spikes, x, v, u, mem = bridge.results_to_torch(tuple(traj))
+            spike_dtype=_np_dtype(current.dtype), return_x=not surrogate, return_mem=True, trace_state=trace_state,
+            recovery_every=every)
+        spikes, x, v, u, mem, u_checkpoints = bridge.results_to_torch(tuple(traj))
     spikes, x, mem = (None if a is None else a[:n_steps] for a in (spikes, x, mem))
     if trace_state:
-        v, u = v[:n_steps], u[:n_steps]
-    outputs = spikes, (current.new_empty(0) if x is None else x), v, u, mem
+        v = v[:n_steps]
+        u = u if every else u[:n_steps]  # with checkpoints: the final state [1, ...]
+    outputs = (spikes, current.new_empty(0) if x is None else x, v, u, mem,
+               current.new_empty(0) if u_checkpoints is None else u_checkpoints)  # distinct empties: no aliasing
     return outputs, arrays._replace(traj=traj._replace(x=None, mem=None))
 
 
@@ -135,18 +144,30 @@ def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int) -> Optional[torch.
 
 
 @izhikevich_scan.register_fake
-def _(current, v0, u0, params, dt, scheme, surrogate, surrogate_param):
+def _(current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints=False):
     x = current.new_empty(0) if surrogate else torch.empty_like(current)
-    return torch.empty_like(current), x, torch.empty_like(current), torch.empty_like(current), torch.empty_like(current)
+    u, u_checkpoints = torch.empty_like(current), current.new_empty(0)
+    if recovery_checkpoints:
+        # what the real call will use (it registers the length); a symbolic T is specialized here: the
+        # number of checkpoints is not an expression torch's shape system can carry
+        n_buffer = buffer_length(int(current.shape[0]))
+        state_shape = current.shape[1:]
+        u = current.new_empty((1, *state_shape))
+        u_checkpoints = current.new_empty((-(-max(n_buffer, MIN_BUFFER_STEPS) // recovery_checkpoint_interval(
+            n_buffer)), *state_shape))
+    return torch.empty_like(current), x, torch.empty_like(current), u, torch.empty_like(current), u_checkpoints
 
 
 def _setup_context(ctx, inputs, output):
     _save_for_backward(ctx, *inputs, output)
 
 
-def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param, output):
-    spikes, x, v, u, mem = output
-    ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
+def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints,
+                       output):
+    spikes, x, v, u, mem, u_checkpoints = output
+    ctx.save_for_backward(current, v0, u0, *params, spikes, v, u, u_checkpoints)
+    ctx.mark_non_differentiable(u_checkpoints)
+    ctx.recovery_checkpoints = recovery_checkpoints
     if surrogate:
         ctx.mark_non_differentiable(x)  # empty placeholder
     else:
@@ -156,17 +177,18 @@ def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surr
     ctx.param_mask = [p.requires_grad for p in params]
 
 
-def _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
+def _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem, g_u_checkpoints):
     g_current, g_v0, g_u0, *g_params = _saved_backward(ctx, izhikevich_scan_backward, g_spikes, g_x, g_v, g_u,
                                                        g_mem)
-    return g_current, g_v0, g_u0, g_params, None, None, None, None
+    return g_current, g_v0, g_u0, g_params, None, None, None, None, None
 
 
 def _saved_backward(ctx, backward_fn, g_spikes, g_x, g_v, g_u, g_mem):
     current, v0, u0, *rest = ctx.saved_tensors
-    params, (spikes, v, u) = rest[:N_PARAMS], rest[N_PARAMS:]
+    params, (spikes, v, u, u_checkpoints) = rest[:N_PARAMS], rest[N_PARAMS:]
     return backward_fn(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, ctx.dt, ctx.scheme, ctx.param_mask,
-                       g_spikes if ctx.surrogate else None, ctx.surrogate, ctx.surrogate_param, g_mem)
+                       g_spikes if ctx.surrogate else None, ctx.surrogate, ctx.surrogate_param, g_mem,
+                       u_checkpoints if ctx.recovery_checkpoints else None)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan_backward", mutates_args=())
@@ -175,33 +197,40 @@ def izhikevich_scan_backward(
     spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
     g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
     param_mask: list[bool], g_spikes: Optional[torch.Tensor] = None, surrogate: str = "",
-    surrogate_param: float = 0.0, g_mem: Optional[torch.Tensor] = None,
+    surrogate_param: float = 0.0, g_mem: Optional[torch.Tensor] = None, u_checkpoints: Optional[torch.Tensor] = None,
 ) -> list[torch.Tensor]:
     """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
 
     ``g_x``, ``g_v``, ``g_u`` are the cotangents of the outputs x, v, u (``None`` when unused);
     ``param_mask[i]`` says whether parameter ``i`` needs a gradient (zeros are returned otherwise);
     ``g_spikes`` is the spikes' cotangent when the surrogate is fused (see :func:`izhikevich_scan`);
-    ``g_mem`` the normalized membrane's.
+    ``g_mem`` the normalized membrane's. With ``u_checkpoints`` (the forward's recovery checkpoints),
+    ``u`` is the final state ``[1, ...]`` and ``g_u`` its cotangent.
     """
     grads = _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                           surrogate, surrogate_param, g_mem)
+                           surrogate, surrogate_param, g_mem, u_checkpoints)
     return [torch.zeros_like(p) if g is None else g for g, p in zip(grads, [current, v0, u0, *params])]
 
 
 def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes,
-                   surrogate, surrogate_param, g_mem=None, arrays: Optional[_KernelArrays] = None):
-    """The reverse scan; ``arrays`` (from the forward) saves re-importing what JAX already has."""
+                   surrogate, surrogate_param, g_mem=None, u_checkpoints=None, arrays: Optional[_KernelArrays] = None):
+    """The reverse scan; ``arrays`` (from the forward) saves re-importing what JAX already has.
+
+    With ``u_checkpoints``, ``u`` is the final state ``[1, ...]`` (not needed here) and ``g_u`` its
+    cotangent, which crosses unpadded."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
-    g_x, g_v, g_u, g_spikes, g_mem = (_pad_steps(_uniform_as_scalar(g), n_buffer)
-                                      for g in (g_x, g_v, g_u, g_spikes, g_mem))
+    checkpointed = u_checkpoints is not None
+    g_x, g_v, g_spikes, g_mem = (_pad_steps(_uniform_as_scalar(g), n_buffer) for g in (g_x, g_v, g_spikes, g_mem))
+    g_u = _uniform_as_scalar(g_u) if checkpointed else _pad_steps(_uniform_as_scalar(g_u), n_buffer)
     with precision_scope(_np_dtype(current.dtype)):
         if arrays is None:
-            spikes, v, u = (_pad_steps(t, n_buffer) for t in (spikes, v, u))
+            spikes, v = (_pad_steps(t, n_buffer) for t in (spikes, v))
+            traj = Trajectory(bridge.to_jax(spikes, "spikes"), None, bridge.to_jax(v, "v"), None)
+            traj = traj._replace(u_checkpoints=bridge.to_jax(u_checkpoints, "u_checkpoints")) if checkpointed \
+                else traj._replace(u=bridge.to_jax(_pad_steps(u, n_buffer), "u"))
             arrays = _KernelArrays(None, IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-                                   _params_to_jax(params), Trajectory(bridge.to_jax(spikes, "spikes"), None,
-                                                                      bridge.to_jax(v, "v"), bridge.to_jax(u, "u")))
+                                   _params_to_jax(params), traj)
         current_j = arrays.current if arrays.current is not None else bridge.to_jax(
             _pad_steps(current, n_buffer), "current")
         cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
@@ -216,7 +245,7 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
 
 @izhikevich_scan_backward.register_fake
 def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes=None, surrogate="",
-      surrogate_param=0.0, g_mem=None):
+      surrogate_param=0.0, g_mem=None, u_checkpoints=None):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
 
 
@@ -256,17 +285,19 @@ class _EagerScan(torch.autograd.Function):
     """The same forward/backward as the custom ops, without the dispatcher (~100 µs per call saved)."""
 
     @staticmethod
-    def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, *params):
-        output, ctx.kernel_arrays = _forward_kernel(current, v0, u0, list(params), dt, scheme, surrogate)
-        _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param, output)
+    def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, *params):
+        output, ctx.kernel_arrays = _forward_kernel(current, v0, u0, list(params), dt, scheme, surrogate,
+                                                    recovery_checkpoints=recovery_checkpoints)
+        _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param,
+                           recovery_checkpoints, output)
         return output
 
     @staticmethod
-    def backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
+    def backward(ctx, g_spikes, g_x, g_v, g_u, g_mem, g_u_checkpoints):
         arrays, ctx.kernel_arrays = ctx.kernel_arrays, None  # released; a retain_graph rerun imports again
         g_current, g_v0, g_u0, *g_params = _saved_backward(
             ctx, partial(_backward_impl, arrays=arrays), g_spikes, g_x, g_v, g_u, g_mem)
-        return (g_current, g_v0, g_u0, None, None, None, None, *g_params)
+        return (g_current, g_v0, g_u0, None, None, None, None, None, *g_params)
 
 
 _kernel_ran_here = False  # has this process run the JAX kernel (so JAX's thread pools exist)?
@@ -291,7 +322,7 @@ def _check_not_forked() -> None:
 
 
 def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float,
-         scheme: str, surrogate: str = "", surrogate_param: float = 0.0):
+         scheme: str, surrogate: str = "", surrogate_param: float = 0.0, recovery_checkpoints: bool = False):
     """What the module calls: the custom op :func:`izhikevich_scan` under ``torch.compile`` (an opaque
     node, fake shapes, registered autograd), a plain ``autograd.Function`` over the same
     implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs, except
@@ -299,9 +330,9 @@ def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list
     (the kernel then writes no state traces)."""
     global _kernel_ran_here
     if torch.compiler.is_compiling():
-        return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param)
+        return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
     _check_not_forked()
     _kernel_ran_here = True
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (current, v0, u0, *params))):
         return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=False)
-    return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, *params)
+    return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, *params)

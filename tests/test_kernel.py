@@ -354,7 +354,7 @@ def test_padded_rows_of_every_trace_are_positive_zero():
     current = jnp.asarray(np.random.default_rng(2).uniform(0.0, 120.0, (T_buf, 2, len(CLASSES))), jnp.float32)
     traj = K.simulate_forward(current, K.rest_state(p, current.shape[1:], np.float32), p, np.int32(n), dt=1.0,
                               scheme="euler", spike_dtype=np.float32, return_x=True, return_mem=True)
-    for name, a in zip(K.Trajectory._fields, traj):
+    for name, a in zip(K.Trajectory._fields[:5], traj[:5]):  # u_checkpoints: None here
         a = np.asarray(a)
         assert a[:n].any(), name
         assert not a[n:].any() and not np.signbit(a[n:]).any(), f"{name}: padded rows are not +0"
@@ -371,3 +371,48 @@ def test_confine_derivative_is_torch_clamps():
     torch.clamp(t, -K.V_LIMIT, K.V_LIMIT).sum().backward()
     np.testing.assert_array_equal(np.asarray(got), t.grad.numpy())
     np.testing.assert_array_equal(np.asarray(values), np.clip(v, -K.V_LIMIT, K.V_LIMIT))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scheme", K.SCHEMES)
+@pytest.mark.parametrize("n_buffer, n_steps", [(100, 100), (37, 37), (16, 11), (1, 1)])
+def test_recovery_checkpoints_give_bit_identical_forward_and_gradients(dtype, scheme, n_buffer, n_steps):
+    """u kept every K = ⌈√T_buf⌉ steps and recomputed block by block in the reverse loop: the same spikes,
+    v, mem and final u as with the full u trace, and bit-identical gradients of current, initial state and
+    all seven parameters from every kind of cotangent (spikes through the surrogate, v and mem traces,
+    and the final u, which is all that is returned of u)."""
+    rng = np.random.default_rng(n_buffer)
+    B, N = 3, 5
+    with K.precision_scope(dtype):
+        p = K.IzhikevichParams(*(jnp.asarray(v, dtype) for v in (
+            rng.uniform(-70, -60, N), rng.uniform(-65, -50, N), np.ones(N), rng.uniform(25, 35, N),
+            rng.uniform(0.02, 0.1, N), rng.uniform(0.2, 0.25, N), rng.uniform(2, 8, N))))
+        cur = jnp.asarray(rng.uniform(0, 30, (n_buffer, B, N)), dtype)
+        state = K.rest_state(p, (B, N), dtype)
+        kw = dict(dt=1.0, scheme=scheme, spike_dtype=dtype, return_x=False, return_mem=True)
+        every = K.recovery_checkpoint_interval(n_buffer)
+        full = K.simulate_forward(cur, state, p, np.int32(n_steps), **kw)
+        ckpt = K.simulate_forward(cur, state, p, np.int32(n_steps), recovery_every=every, **kw)
+        assert ckpt.u.shape == (1, B, N) and ckpt.u_checkpoints.shape[0] == -(-max(n_buffer, 2) // every)
+        for a, b in ((full.spikes, ckpt.spikes), (full.v, ckpt.v), (full.mem, ckpt.mem), (full.u[n_steps - 1], ckpt.u[0])):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        g_spikes, g_v, g_mem = (jnp.asarray(rng.normal(size=cur.shape), dtype) for _ in range(3))
+        g_u_final = jnp.asarray(rng.normal(size=(1, B, N)), dtype)
+        g_u_trace = jnp.zeros(cur.shape, dtype).at[n_steps - 1].set(g_u_final[0])
+        bwd = dict(dt=1.0, scheme=scheme, surrogate=("fast_sigmoid", 25.0))
+        want = K.simulate_backward(cur, state, p, full._replace(x=None, mem=None),
+                                   (None, g_v, g_u_trace, g_spikes, g_mem), np.int32(n_steps), **bwd)
+        got = K.simulate_backward(cur, state, p, ckpt._replace(x=None, mem=None),
+                                  (None, g_v, g_u_final, g_spikes, g_mem), np.int32(n_steps), **bwd)
+    assert n_steps < 10 or int(np.asarray(full.spikes).sum()) > 10
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_recovery_checkpoint_interval_is_checked():
+    p = params_of({}, np.float32)
+    cur = jnp.ones((16, 2), jnp.float32)
+    assert K.recovery_checkpoint_interval(16) == 4 and K.recovery_checkpoint_interval(17) == 5
+    with pytest.raises(ValueError, match=r"`recovery_every` \(=3\) must be recovery_checkpoint_interval\(16\) = 4"):
+        K.simulate_forward(cur, K.rest_state(p, (2,), np.float32), p, np.int32(16), dt=1.0, scheme="euler",
+                           recovery_every=3)

@@ -52,7 +52,7 @@ def make_inputs(T=25, B=3, dtype=torch.float64, seed=0, low=0.0, high=150.0, req
 
 def run_op(current, v0, u0, params, dt=1.0, scheme="euler"):
     """The op's outputs: spikes, x, v, u, mem."""
-    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme, "", 0.0)
+    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme, "", 0.0, False)
 
 
 def normalized(v, params):
@@ -122,7 +122,7 @@ def test_float64_outside_precision_scope_raises_instead_of_downcasting():
 
 def test_float64_op_is_float64_and_matches_numpy():
     current, v0, u0, params = make_inputs(T=40)  # short: the spike/reset map amplifies 1-ulp FMA differences
-    spikes, x, v, u, mem = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     assert all(o.dtype == torch.float64 for o in (spikes, x, v, u))
     assert jax.config.jax_enable_x64 is False
     r = ref_np.simulate(current.numpy(), {k: p.numpy() for k, p in params.items()}, v0.numpy(), u0.numpy())
@@ -136,7 +136,7 @@ def test_float64_op_is_float64_and_matches_numpy():
 
 def test_op_hot_path_makes_no_copies():
     current, v0, u0, params = make_inputs(requires_grad=True)
-    spikes, x, v, u, mem = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     w = torch.randn(4, *x.shape, dtype=x.dtype)
     ((w[0] * x).sum() + (w[1] * v).sum() + (w[2] * u).sum() + (w[3] * mem).sum()).backward()
     assert not bridge.copy_counts, dict(bridge.copy_counts)
@@ -148,7 +148,7 @@ def test_op_hot_path_makes_no_copies():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_op_outputs_match_references(scheme, dtype):
     current, v0, u0, params = make_inputs(T=30, dtype=dtype)
-    spikes, x, v, u, mem = run_op(current, v0, u0, params, 1.0, scheme)
+    spikes, x, v, u, mem, _ = run_op(current, v0, u0, params, 1.0, scheme)
     assert spikes.shape == x.shape == v.shape == u.shape == mem.shape == current.shape
     assert all(o.dtype == dtype for o in (spikes, x, v, u, mem))
     # XLA may divide as a multiplication by the reciprocal: within one rounding of torch's division
@@ -171,7 +171,7 @@ def test_op_outputs_match_references(scheme, dtype):
 def test_op_worked_example_float32():
     current = torch.full((5, 1, 1), 100.0)
     params = {k: torch.tensor([v], dtype=torch.float32) for k, v in ref_np.DEFAULTS.items()}
-    spikes, x, v, u, mem = run_op(current, torch.full((1, 1), -65.0), torch.full((1, 1), -13.0), params)
+    spikes, x, v, u, mem, _ = run_op(current, torch.full((1, 1), -65.0), torch.full((1, 1), -13.0), params)
     torch.testing.assert_close(spikes.flatten(), torch.tensor([0.0, 0, 0, 0, 1]))
     torch.testing.assert_close(v.flatten(), torch.tensor([-58.0, -50.44, -37.900256, -7.03004, -65.0]), rtol=0, atol=1e-4)
     torch.testing.assert_close(u.flatten(), torch.tensor([-13.0, -12.972, -12.91432, -12.807635, -10.579602]),
@@ -187,7 +187,7 @@ def _weighted_loss(w, spk, x, v, u, mem):
 def _op_with_surrogate(spike_grad):
     """What the module does: the kernel's hard spike, with the gradient of spike_grad(x)."""
     def run(current, v0, u0, params, dt, scheme):
-        spikes, x, v, u, mem = run_op(current, v0, u0, params, dt, scheme)
+        spikes, x, v, u, mem, _ = run_op(current, v0, u0, params, dt, scheme)
         sg = spike_grad(x)
         return spikes + (sg - sg.detach()), x, v, u, mem
     return run
@@ -237,10 +237,10 @@ def test_gradcheck_in_smooth_region(scheme):
     inputs = [t.clone().requires_grad_() for t in (current, v0, u0, *params.values())]
 
     def fn(current, v0, u0, *p):
-        _, x, v, u, mem = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0)
+        _, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0, False)
         return x, v, u, mem
 
-    spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme, "", 0.0)[0]
+    spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme, "", 0.0, False)[0]
     assert spikes.sum() == 0
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -251,13 +251,14 @@ def test_gradcheck_in_smooth_region(scheme):
 def test_opcheck_forward(dtype):
     current, v0, u0, params = make_inputs(T=6, B=2, dtype=dtype, requires_grad=True)
     plist = [params[k] for k in PARAM_NAMES]
-    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "izhikevich2003", "", 0.0))
-    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "izhikevich2003", "", 0.0, False))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0, False))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0, True))
 
 
 def test_opcheck_backward():
     current, v0, u0, params = make_inputs(T=6, B=2)
-    spikes, x, v, u, mem = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
     plist = [params[k] for k in PARAM_NAMES]
     torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, 1.0, "euler",
@@ -267,7 +268,7 @@ def test_opcheck_backward():
 # ---- (e) torch.compile -------------------------------------------------------------------------
 
 def _compiled_target(current, v0, u0, *p):
-    spikes, x, v, u, mem = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0)
+    spikes, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0, False)
     return spikes, (x * 0.5).sum() + (v ** 2).mean() - u.sum() + (mem ** 2).sum()
 
 
@@ -316,7 +317,7 @@ def test_inplace_edit_before_backward_raises_like_native_torch(which):
 def test_no_recompilation_per_call():
     def fwd_bwd(seed, loss_kind):
         current, v0, u0, params = make_inputs(T=17, B=2, dtype=torch.float32, seed=seed, requires_grad=True)
-        spikes, x, v, u, mem = run_op(current, v0, u0, params)
+        spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
         loss = (x.sum() + v.sum() + u.sum()) if loss_kind == "sum" else (x * v).mean() + u.mean()
         loss.backward()
         return current.grad
@@ -332,7 +333,7 @@ def test_no_recompilation_per_call():
 def test_empty_sequence_backward():
     """T = 0 at the op level: no outputs, the state's gradient passes straight through."""
     current, v0, u0, params = make_inputs(T=0, requires_grad=True)
-    spikes, x, v, u, mem = run_op(current, v0, u0, params)
+    spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     assert v.shape == (0, *v0.shape)
     (v.sum() + v0.sum()).backward()
     torch.testing.assert_close(v0.grad, torch.ones_like(v0))

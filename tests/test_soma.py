@@ -213,3 +213,64 @@ def test_retained_graph_backward_twice_accumulates_identical_gradients():
     loss.backward()
     assert first[0].abs().sum() > 0 and first[1].abs().sum() > 0
     assert torch.equal(x.grad, 2 * first[0]) and torch.equal(layer.threshold.grad, 2 * first[1])
+
+
+def _chained_sequences(layer, cur, split):
+    """Two sequence calls, the second continuing the first's state (gradients reach the final ``u``)."""
+    spk, mem = layer(cur[:split])
+    spk2, mem2 = layer(cur[split:], mem[-1])
+    return torch.cat([spk, spk2]), torch.cat([mem, mem2])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("scheme", SCHEMES)
+@pytest.mark.parametrize("fused", [True, False], ids=["fused", "torch_surrogate"])
+def test_checkpoint_recovery_is_bit_identical_and_keeps_one_trace_less(dtype, scheme, fused):
+    """``checkpoint_recovery=True`` recomputes ``u`` in the backward from every ⌈√T⌉-th step: spikes, mem,
+    the carried state and every gradient (input, initial state through a chained call, all parameters)
+    are bit-identical, the retain_graph rerun too, and the graph holds one ``[T, B, N]`` tensor less."""
+    T, B, N = 47, 3, 6  # 47 = 7·7 − 2: the last block is short
+    cur = _drive((T, B, N), dtype=dtype, scale=3.0)
+    results = []
+    for checkpoint in (False, True):
+        layer = IzhikevichSoma(resistance=10.0, scheme=scheme, sequence=True, learnable=PARAM_NAMES,
+                               checkpoint_recovery=checkpoint, fuse_surrogate=fused).to(dtype)
+        x = cur.clone().requires_grad_(True)
+        saved = layer(x[:30])[1].grad_fn.saved_tensors  # mem comes straight from the kernel's autograd node
+        full_traces = sum(t.shape == (30, B, N) for t in saved)
+        layer.reset()
+        spk, mem = _chained_sequences(layer, x, 30)
+        w = torch.randn(spk.shape, dtype=dtype, generator=torch.Generator().manual_seed(3))
+        loss = (spk * w).sum() + (mem * w.flip(0)).sum() + layer.recovery.sum()
+        loss.backward(retain_graph=True)
+        grads = [x.grad.clone()] + [getattr(layer, n).grad.clone() for n in PARAM_NAMES]
+        loss.backward()
+        twice = [x.grad] + [getattr(layer, n).grad for n in PARAM_NAMES]
+        results.append((spk, mem, layer.potential, layer.recovery, grads, twice, full_traces))
+    (spk_a, mem_a, v_a, u_a, g_a, g2_a, traces_a), (spk_b, mem_b, v_b, u_b, g_b, g2_b, traces_b) = results
+    assert spk_a.sum() > 0
+    for a, b in ((spk_a, spk_b), (mem_a, mem_b), (v_a, v_b), (u_a, u_b)):
+        assert torch.equal(a.detach(), b.detach())
+    for name, a, b, a2, b2 in zip(["cur"] + list(PARAM_NAMES), g_a, g_b, g2_a, g2_b):
+        assert a.abs().sum() > 0 or name == "resistance", name
+        assert torch.equal(a, b), name
+        assert torch.equal(a2, b2) and torch.equal(b2, 2 * b), name
+    assert traces_a - traces_b == 1, (traces_a, traces_b)  # current, spikes, v (and u without checkpoints)
+    assert "checkpoint_recovery=True" in repr(IzhikevichSoma(checkpoint_recovery=True))
+
+
+def test_checkpoint_recovery_under_torch_compile_matches_eager():
+    """The custom op path (torch.compile) carries the checkpoints as an output: same values and gradients."""
+    layer = IzhikevichSoma(resistance=10.0, sequence=True, units=(5,), learnable=("threshold",),
+                           checkpoint_recovery=True)
+    cur = _drive((20, 2, 5), dtype=torch.float32, scale=3.0)
+    outs = []
+    for run in (layer, torch.compile(layer, backend="aot_eager", fullgraph=True)):
+        layer.zero_grad()
+        x = cur.clone().requires_grad_(True)
+        spk, mem = run(x)
+        (spk.sum() + mem.pow(2).sum()).backward()
+        outs.append((spk.detach(), mem.detach(), x.grad, layer.threshold.grad.clone()))
+    assert outs[0][0].sum() > 0
+    for a, b in zip(*outs):
+        assert torch.equal(a, b)

@@ -499,15 +499,15 @@ def _c_library():
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
         if cc is None:
             raise Unavailable("no C compiler (cc/gcc/clang) on PATH")
-        tmp = tempfile.mkdtemp(prefix="spark_torch_bench_c_")
-        src, lib = os.path.join(tmp, "izh.c"), os.path.join(tmp, "izh.so")
-        with open(src, "w") as fh:
-            fh.write(_C_SOURCE)
-        cmd = [cc, "-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-o", lib, src]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise Unavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:200]}")
-        _C_LIBRARY = ctypes.CDLL(lib)
+        with tempfile.TemporaryDirectory(prefix="spark_torch_bench_c_") as tmp:  # the loaded library outlives it
+            src, lib = os.path.join(tmp, "izh.c"), os.path.join(tmp, "izh.so")
+            with open(src, "w") as fh:
+                fh.write(_C_SOURCE)
+            cmd = [cc, "-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-o", lib, src]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise Unavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:200]}")
+            _C_LIBRARY = ctypes.CDLL(lib)
     return _C_LIBRARY
 
 

@@ -167,7 +167,7 @@ def _derived(rec, size) -> dict:
         if "spark_seq" in med and REFERENCE in med:
             d[f"speedup_vs_eager_{mode}"] = med[REFERENCE] / med["spark_seq"]
         peer = {n: v for n, v in med.items()
-                if n not in ("spark_seq", "spark_step", "jax_direct", "numba_fused", "c_fused")}
+                if n not in ("spark_seq", "spark_seq_ckpt", "spark_step", "jax_direct", "numba_fused", "c_fused")}
         if "spark_seq" in med and peer:
             best = min(peer, key=peer.get)
             d[f"fastest_peer_{mode}"] = best

@@ -23,9 +23,9 @@ Bound: the quadratic makes the model blow up for large inputs (the next step squ
 in the paper's scheme ``u*`` feeds on the overshoot ``v*``), so an extreme but finite current — e.g. |R·I|
 near the dtype's maximum, or a single 1e6-pA pulse in scheme ``"izhikevich2003"`` — would overflow to
 Inf and then NaN. Like NEST's ``V_min``, every integrated membrane value (``v½`` and ``v*``) is clipped to
-``±V_LIMIT``; its gradient is 0 where the clip is active. Ordinary trajectories never reach it (the
-paper's scheme overshoots to ~2e3 mV at drive R·I = 100, Euler stays below ~1e3), so it changes nothing
-there; it guarantees that finite input gives finite state, spikes, ``x`` and gradients.
+``±V_LIMIT``; its gradient is 0 beyond the bound (1 on it, as ``torch.clamp``'s). Ordinary trajectories
+never reach it (the paper's scheme overshoots to ~2e3 mV at drive R·I = 100, Euler stays below ~1e3), so
+it changes nothing there; it guarantees that finite input gives finite state, spikes, ``x`` and gradients.
 
 Gradients treat the spike in the reset as a constant (as snnTorch detaches its reset); the spike
 itself is not differentiated here: the caller applies a surrogate to ``x`` and sends back ``dL/dx``.
@@ -304,8 +304,10 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     is the cotangent of ``Trajectory.mem`` (it reaches ``v`` and, through the normalization, ``v_r``
     and ``v_pk``).
 
-    A cotangent may be ``None`` (that output was not used) or 0-d (the same value everywhere, as for
-    ``loss = y.sum()``: it crosses as a scalar instead of a [T, B, N] copy); ``traj.x`` is not needed. Each step is
+    A cotangent may be ``None`` (that output was not used), 0-d (the same value everywhere, as for
+    ``loss = y.sum()``), time-constant ``[*batch, *units]`` (one row for every step, as for a loss on
+    ``y.sum(0)`` — spike counts and rates) or per-step ``[T_buf, ...]``; the first two forms cross
+    without a ``[T, B, N]`` copy. ``traj.x`` is not needed. Each step is
     re-integrated from the saved pre-step state (``traj.v[t-1]``, or the initial state at ``t = 0``)
     and differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly
     the forward's resets. ``param_mask`` (static) selects the parameters whose gradients are wanted
@@ -327,17 +329,18 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
     checkpointed = traj.u_checkpoints is not None
     g_u_final, g_u = (g_u, None) if checkpointed else (None, g_u)
     n_rows = current.shape[0]
-    current, g_x, g_v, g_u, g_spikes, g_mem = map(_at_least_two_rows, (current, g_x, g_v, g_u, g_spikes, g_mem))
+    per_step = lambda a: _at_least_two_rows(a) if a is not None and jnp.ndim(a) == current.ndim else a  # noqa: E731
+    current, g_x, g_v, g_u, g_spikes, g_mem = map(per_step, (current, g_x, g_v, g_u, g_spikes, g_mem))
     spikes, v_trace = map(_at_least_two_rows, (traj.spikes, traj.v))
     u_trace = None if checkpointed else _at_least_two_rows(traj.u)
     state_shape = current.shape[1:]
     v0, u0 = (jnp.broadcast_to(jnp.asarray(a, dtype), state_shape) for a in (state.v, state.u))
 
     def row(a, t):
-        """Row ``t`` of a per-step cotangent; a 0-d cotangent stands for that value at every step."""
+        """Row ``t`` of a per-step cotangent; a 0-d or time-constant one is the same at every step."""
         if a is None:
             return None
-        if jnp.ndim(a) == 0:
+        if jnp.ndim(a) < current.ndim:
             return jnp.broadcast_to(a.astype(dtype), state_shape)
         return lax.dynamic_index_in_dim(a, t, keepdims=False)
 
@@ -423,9 +426,9 @@ def _sum_to_shape(g, shape):
 
 simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x", "return_mem",
                                                       "trace_state", "recovery_every"))
-simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype, return_x,
-return_mem, trace_state, recovery_every]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an array (e.g.
-``np.int32(T)``): one executable per buffer shape."""
+simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype,
+return_x, return_mem, trace_state, recovery_every]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an
+array (e.g. ``np.int32(T)``): one executable per buffer shape."""
 
 simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
 simulate_backward.__doc__ = """Jitted reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes[, g_mem]]),

@@ -131,11 +131,11 @@ def buffer_length(n_steps: int) -> int:
     return 1 << (n_steps - 1).bit_length()
 
 
-def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int) -> Optional[torch.Tensor]:
+def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int, n_dims: Optional[int] = None) -> Optional[torch.Tensor]:
     """``tensor`` ``[T, ...]`` copied into a zero buffer ``[n_buffer, ...]`` (counted in
-    :data:`spark_torch.bridge.copy_counts` as "padded"); unchanged if it already has ``n_buffer`` rows
-    (or is ``None`` or 0-d)."""
-    if tensor is None or tensor.dim() == 0 or tensor.shape[0] == n_buffer:
+    :data:`spark_torch.bridge.copy_counts` as "padded"); unchanged if it already has ``n_buffer`` rows,
+    is ``None``, 0-d, or has fewer than ``n_dims`` dims (a time-constant cotangent has no time axis)."""
+    if tensor is None or tensor.dim() == 0 or tensor.shape[0] == n_buffer or (n_dims and tensor.dim() < n_dims):
         return tensor
     padded = tensor.new_zeros((n_buffer, *tensor.shape[1:]))
     padded[: tensor.shape[0]] = tensor
@@ -221,8 +221,10 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     checkpointed = u_checkpoints is not None
-    g_x, g_v, g_spikes, g_mem = (_pad_steps(_uniform_as_scalar(g), n_buffer) for g in (g_x, g_v, g_spikes, g_mem))
-    g_u = _uniform_as_scalar(g_u) if checkpointed else _pad_steps(_uniform_as_scalar(g_u), n_buffer)
+    n_dims = current.dim()
+    g_x, g_v, g_spikes, g_mem = (_pad_steps(_compact_cotangent(g), n_buffer, n_dims)
+                                 for g in (g_x, g_v, g_spikes, g_mem))
+    g_u = _uniform_as_scalar(g_u) if checkpointed else _pad_steps(_compact_cotangent(g_u), n_buffer, n_dims)
     with precision_scope(_np_dtype(current.dtype)):
         if arrays is None:
             spikes, v = (_pad_steps(t, n_buffer) for t in (spikes, v))
@@ -247,6 +249,16 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
 def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_mask, g_spikes=None, surrogate="",
       surrogate_param=0.0, g_mem=None, u_checkpoints=None):
     return [torch.empty_like(current), torch.empty_like(v0), torch.empty_like(u0), *map(torch.empty_like, params)]
+
+
+def _compact_cotangent(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """The smallest form of a ``[T, *batch, *units]`` cotangent the kernel takes: 0-d when uniform
+    (``y.sum()``), one row ``[*batch, *units]`` when constant over time (stride 0 along ``T``, as the
+    gradient of ``y.sum(0)``: spike-count and rate losses), else unchanged. Avoids a ``[T, B, N]`` copy."""
+    grad = _uniform_as_scalar(grad)
+    if grad is None or grad.dim() < 2 or grad.stride(0) != 0:
+        return grad
+    return grad[0]
 
 
 def _uniform_as_scalar(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

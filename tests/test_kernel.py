@@ -416,3 +416,27 @@ def test_recovery_checkpoint_interval_is_checked():
     with pytest.raises(ValueError, match=r"`recovery_every` \(=3\) must be recovery_checkpoint_interval\(16\) = 4"):
         K.simulate_forward(cur, K.rest_state(p, (2,), np.float32), p, np.int32(16), dt=1.0, scheme="euler",
                            recovery_every=3)
+
+
+@pytest.mark.parametrize("n_buffer, n_steps", [(30, 30), (16, 11), (1, 1)])
+def test_time_constant_cotangent_equals_its_materialized_form(n_buffer, n_steps):
+    """A cotangent given once for all steps (``[*batch, *units]``, e.g. from a loss on spike counts)
+    gives the gradients of the same values repeated in a ``[T_buf, ...]`` buffer, to float32 rounding
+    (XLA fuses a broadcast row differently from a row read out of a buffer: ~1 ulp differences)."""
+    rng = np.random.default_rng(4)
+    p = params_of(ref.fig2_params(), np.float32)
+    shape = (2, len(CLASSES))
+    cur = jnp.asarray(rng.uniform(0.0, 120.0, (n_buffer, *shape)), jnp.float32)
+    state = K.rest_state(p, shape, np.float32)
+    traj = K.simulate_forward(cur, state, p, np.int32(n_steps), dt=1.0, scheme="euler", spike_dtype=np.float32,
+                              return_x=False)
+    per_neuron = jnp.asarray(rng.normal(size=shape), jnp.float32)
+    rows = jnp.broadcast_to(per_neuron, cur.shape)
+    kw = dict(dt=1.0, scheme="euler", surrogate=("atan", 2.0))
+    want = K.simulate_backward(cur, state, p, traj, (None, None, None, rows, rows), np.int32(n_steps), **kw)
+    got = K.simulate_backward(cur, state, p, traj, (None, None, None, per_neuron, per_neuron), np.int32(n_steps), **kw)
+    assert float(jnp.abs(want[0]).sum()) > 0
+    for a, b in zip(jax.tree_util.tree_leaves(want), jax.tree_util.tree_leaves(got)):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6 * float(np.abs(a).max()))
+    np.testing.assert_array_equal(np.asarray(want[0])[n_steps:], 0.0)

@@ -300,3 +300,28 @@ def test_utils_reset_never_mistakes_fresh_zeros_for_own_state():
         utils.reset(net)
         net(zero)
         assert torch.equal(net[0].mem, expected)
+
+
+def test_count_loss_gradient_crosses_as_one_row_without_copies():
+    """snnTorch's count/rate losses sum spikes over time, so the spikes' cotangent is one ``[B, C]`` row
+    broadcast over ``T`` (stride 0): it crosses to JAX as that row (no ``[T, B, C]`` copy) and gives the
+    gradient of the same loss with the cotangent materialized, to float32 rounding."""
+    import snntorch.functional as SF
+    from spark_torch import bridge
+
+    torch.manual_seed(0)
+    T, B, C = 40, 8, 10
+    cur = (3.0 * torch.rand(T, B, C)).requires_grad_(True)
+    targets = torch.randint(0, C, (B,))
+    layer = IzhikevichSoma(resistance=10.0, sequence=True)
+    grads = []
+    for materialize in (False, True):
+        cur.grad = None
+        bridge.reset_copy_counts()
+        spk, _ = layer(cur)
+        SF.ce_count_loss()(spk * torch.ones_like(spk) if materialize else spk, targets).backward()
+        grads.append(cur.grad.clone())
+        if not materialize:
+            assert not bridge.copy_counts, dict(bridge.copy_counts)
+    assert grads[1].abs().sum() > 0
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6 * float(grads[1].abs().max()))

@@ -149,6 +149,9 @@ def test_03_zero_copy_and_speed(executed):
     assert s["float64_refused_outside_scope"] and s["float64_shared_in_scope"]
     assert s["hot_path_copies"] == {}
     assert s["noncontiguous_copies"] == {"non-contiguous": 1}
+    full_length = {name: sum(shape[0] == 50 for shape in shapes) for name, shapes in s["held_for_backward"].items()}
+    assert full_length == {"default": 4, "checkpoint_recovery": 3}, s["held_for_backward"]  # input, spikes, v (, u)
+    assert s["count_loss_copies"] == {}
     ok = s["bench_contenders_ok"]
     for name in ("spark_seq", "jax_direct", "torch_eager"):
         assert name in ok

@@ -167,12 +167,8 @@ class JaxDirect(Contender):
                                           else self.kernel.simulate(self.Ij, self.state, self.params, DT, "euler"))
 
     def fwdbwd(self):
-        if not self.path.startswith("simulate_forward"):
-            return self.jax.block_until_ready(self._fwdbwd_vjp())
-        traj = self._fwd()
-        grads = self.jax.block_until_ready(self._bwd(traj))
-        for array in self.jax.tree_util.tree_leaves((traj, grads)):  # freed now, as torch frees the layer's
-            array.delete()
+        return self.jax.block_until_ready(self._fwdbwd_split() if self.path.startswith("simulate_forward")
+                                          else self._fwdbwd_vjp())
 
     def counts(self):
         return np.asarray(self.fwd().spikes).sum(0).reshape(-1).astype(np.int64)

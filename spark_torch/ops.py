@@ -254,7 +254,7 @@ def _(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, scheme, param_ma
 def _compact_cotangent(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """The smallest form of a ``[T, *batch, *units]`` cotangent the kernel takes: 0-d when uniform
     (``y.sum()``), one row ``[*batch, *units]`` when constant over time (stride 0 along ``T``, as the
-    gradient of ``y.sum(0)``: spike-count and rate losses), else unchanged. Avoids a ``[T, B, N]`` copy."""
+    gradient of ``y.sum(0)``: spike-count losses), else unchanged. Avoids a ``[T, B, N]`` copy."""
     grad = _uniform_as_scalar(grad)
     if grad is None or grad.dim() < 2 or grad.stride(0) != 0:
         return grad

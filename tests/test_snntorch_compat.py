@@ -303,7 +303,7 @@ def test_utils_reset_never_mistakes_fresh_zeros_for_own_state():
 
 
 def test_count_loss_gradient_crosses_as_one_row_without_copies():
-    """snnTorch's count/rate losses sum spikes over time, so the spikes' cotangent is one ``[B, C]`` row
+    """snnTorch's count losses sum spikes over time, so the spikes' cotangent is one ``[B, C]`` row
     broadcast over ``T`` (stride 0): it crosses to JAX as that row (no ``[T, B, C]`` copy) and gives the
     gradient of the same loss with the cotangent materialized, to float32 rounding."""
     import snntorch.functional as SF

@@ -216,8 +216,9 @@ def _distinct_zeros(shape, dtype, k: int):
 
     XLA merges identical ``zeros`` into one buffer and then gives every loop buffer its own *copy* of
     it: one extra read and write of ``[T, ...]`` per trace. ``(iota + k) * 0`` (floating point: XLA
-    cannot fold it) is written once per buffer instead; its values are exactly +0. Measured on the
-    kernel's forward at 50×256×4096 together with the select-based :func:`_confine`: 148 -> 126 ms.
+    cannot fold it) is written once per buffer instead; its values are exactly +0. (Kernel forward at
+    50×256×4096, with the select-based :func:`_confine`: 148 -> 126 ms in one A/B series, equal in a
+    later one; this VM's memory bandwidth varies.)
     """
     if k == 0:
         return jnp.zeros(shape, dtype)
@@ -306,7 +307,7 @@ def _simulate_bwd(current, state: IzhikevichState, params: IzhikevichParams, tra
 
     A cotangent may be ``None`` (that output was not used), 0-d (the same value everywhere, as for
     ``loss = y.sum()``), time-constant ``[*batch, *units]`` (one row for every step, as for a loss on
-    ``y.sum(0)`` — spike counts and rates) or per-step ``[T_buf, ...]``; the first two forms cross
+    ``y.sum(0)``: spike-count losses) or per-step ``[T_buf, ...]``; the first two forms cross
     without a ``[T, B, N]`` copy. ``traj.x`` is not needed. Each step is
     re-integrated from the saved pre-step state (``traj.v[t-1]``, or the initial state at ``t = 0``)
     and differentiated with ``jax.vjp``; the recorded spikes are reused, so the backward sees exactly

@@ -32,6 +32,7 @@ class Contender:
     label = ""
     same_model = "yes"  # "yes" | "forward only" | "variant: ..." | "no: ..."
     note = ""
+    devices = ("cpu", "cuda")  # torch device types it runs on (the input tensor's device)
 
     def __init__(self, loss="sum"):
         self.loss = loss
@@ -39,7 +40,8 @@ class Contender:
     def setup(self, current: torch.Tensor) -> None:
         self.I = current
         self.x = current.detach().clone().requires_grad_(True)
-        self.w = None if self.loss == "sum" else torch.rand(current.shape, generator=torch.Generator().manual_seed(1))
+        self.w = None if self.loss == "sum" else torch.rand(
+            current.shape, generator=torch.Generator().manual_seed(1)).to(current.device)
 
     def run(self, inp: torch.Tensor) -> torch.Tensor:  # spikes [T, B, N]
         raise NotImplementedError
@@ -56,7 +58,7 @@ class Contender:
     def counts(self) -> np.ndarray:
         with torch.no_grad():
             spk = self.run(self.I)
-        return spk.sum(0).reshape(-1).to(torch.int64).numpy()
+        return spk.sum(0).reshape(-1).to(torch.int64).cpu().numpy()
 
 
 def _fast_sigmoid():
@@ -127,11 +129,14 @@ class JaxDirect(Contender):
         self.jax, self.kernel = jax, kernel
         T, Bn, N = current.shape
         f32 = jnp.float32
-        full = lambda v: jnp.full((N,), v, f32)  # noqa: E731  (per-neuron, as the layer's buffers)
+        # on the JAX device that matches the input's (not JAX's default: a GPU wherever there is one)
+        device = jax.devices("gpu" if current.is_cuda else "cpu")[current.device.index or 0]
+        put = lambda a: jax.device_put(a, device)  # noqa: E731
+        full = lambda v: put(jnp.full((N,), v, f32))  # noqa: E731  (per-neuron, as the layer's buffers)
         self.params = kernel.IzhikevichParams(full(V_R), full(C), full(1.0), full(V_PK), full(A), full(B_), full(D))
-        self.state = kernel.IzhikevichState(jnp.full((Bn, N), V_R, f32), jnp.full((Bn, N), B_ * V_R, f32))
-        self.Ij = jnp.asarray(current.numpy())
-        self.wj = None if self.loss == "sum" else jnp.asarray(
+        self.state = kernel.IzhikevichState(put(jnp.full((Bn, N), V_R, f32)), put(jnp.full((Bn, N), B_ * V_R, f32)))
+        self.Ij = put(current.cpu().numpy())
+        self.wj = None if self.loss == "sum" else put(
             torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy())
         self.dsg = jax.jit(lambda x, w: (1.0 if w is None else w) / (SLOPE * jnp.abs(x) + 1.0) ** 2)
         self.n_steps = np.int32(T)
@@ -258,7 +263,7 @@ class SnnLeaky(Contender):
     def setup(self, current):
         super().setup(current)
         import snntorch as snn
-        self.lif = snn.Leaky(beta=0.9, spike_grad=_fast_sigmoid())
+        self.lif = snn.Leaky(beta=0.9, spike_grad=_fast_sigmoid()).to(current.device)
 
     def run(self, inp):
         mem = self.lif.reset_mem()
@@ -288,7 +293,8 @@ class NorseIzhikevich(Contender):
     def setup(self, current):
         super().setup(current)
         p = self.nf.IzhikevichParameters(a=A, b=B_, c=C, d=D, v_th=V_PK, tau_inv=1.0, method="super")
-        s = self.nf.IzhikevichState(v=torch.tensor(V_R), u=torch.tensor(B_ * V_R))
+        s = self.nf.IzhikevichState(v=torch.tensor(V_R, device=current.device),
+                                    u=torch.tensor(B_ * V_R, device=current.device))
         self.mod = self.cls(self.nf.IzhikevichSpikingBehavior(p=p, s=s), dt=DT)
 
     def run(self, inp):
@@ -403,6 +409,7 @@ class NumbaFused(Contender):
     note = ("Numba @njit(parallel=False) fwd+bwd over blocks of 256 neurons; the 1.5x anchor. Its 4 [T,B,N] "
             "buffers (spk, v, u, grad) are allocated once in setup and reused, so its 'extra memory' reads ~0")
     BLOCK = 256
+    devices = ("cpu",)
 
     def __init__(self, loss="sum"):
         super().__init__(loss)
@@ -526,6 +533,7 @@ class CFused(Contender):
     name, label = "c_fused", "hand-fused loop (C)"
     note = ("C, cc -O3 -march=native -ffp-contract=off, single thread, blocks of 256 neurons; the 1.5x anchor. "
             "Its 4 [T,B,N] buffers are allocated once in setup and reused, so its 'extra memory' reads ~0")
+    devices = ("cpu",)
 
     def __init__(self, loss="sum"):
         super().__init__(loss)

@@ -1,4 +1,9 @@
-r"""Side-by-side CPU benchmark of trainable Izhikevich layers (issue 4): ``python -m spark_torch.bench``.
+r"""Side-by-side benchmark of trainable Izhikevich layers (issue 4): ``python -m spark_torch.bench``.
+
+On the CPU by default; ``--device cuda`` puts the input on the GPU and runs every contender that can
+run there (the layer, the kernel called directly on JAX's GPU device, the PyTorch loops, snnTorch,
+Norse, SpikingJelly); the hand-fused CPU anchors and the memory, thread and profile checks are then
+skipped. Timed calls are bracketed by ``torch.cuda.synchronize()``.
 
 Workload: RS neurons (a=0.02, b=0.2, c=-65, d=8; v_r=-65, v_pk=30 mV; euler, dt=1 ms), float32,
 input ``I = LEVEL + NOISE·N(0,1)`` (drive units, ``R·I`` in mV/ms; seed 0) with ``LEVEL`` calibrated
@@ -74,9 +79,17 @@ def _stats(ts):
             "max_ms": float(a.max()), "n": int(a.size), "times_ms": [round(float(x), 4) for x in a]}
 
 
-def _timed(fn):
+def _no_sync():
+    pass
+
+
+def _timed(fn, sync=_no_sync):
+    """Seconds for one call of ``fn``; ``sync`` (e.g. ``torch.cuda.synchronize``) waits for queued device
+    work before the clock starts and before it stops (CUDA calls return before the GPU is done)."""
+    sync()
     t0 = time.perf_counter()
     fn()
+    sync()
     return time.perf_counter() - t0
 
 
@@ -98,7 +111,8 @@ def _count_check(counts: dict, T: int) -> dict:
 
 def _time_size(size, contenders, args, report) -> dict:
     T, B, N = size
-    cur = make_input(T, B, N)
+    cur = make_input(T, B, N).to(args.device)
+    sync = torch.cuda.synchronize if cur.is_cuda else _no_sync
     rec = {"size": list(size), "input_bytes": cur.numel() * cur.element_size(), "timings": {m: {} for m in args.modes},
            "first_call_s": {m: {} for m in args.modes}, "skipped": {}}
     active = {}
@@ -120,8 +134,8 @@ def _time_size(size, contenders, args, report) -> dict:
         for name, c in list(active.items()):
             fn = getattr(c, mode)
             try:
-                first = _timed(fn)
-                warm = [_timed(fn) for _ in range(args.warmup)]
+                first = _timed(fn, sync)
+                warm = [_timed(fn, sync) for _ in range(args.warmup)]
             except Exception as e:  # noqa: BLE001
                 rec["skipped"][name] = f"{mode} failed: {type(e).__name__}: {e}"
                 del active[name]
@@ -136,7 +150,7 @@ def _time_size(size, contenders, args, report) -> dict:
             order = names[r % len(names):] + names[:r % len(names)] if names else []
             for name in order:
                 if len(times[name]) < rounds[name]:
-                    times[name].append(_timed(calls[name]))
+                    times[name].append(_timed(calls[name], sync))
         for name, ts in times.items():
             rec["timings"][mode][name] = _stats(ts)
         report(f"  {size} {mode}: " + ", ".join(f"{n} {rec['timings'][mode][n]['median_ms']:.2f}" for n in names))
@@ -147,9 +161,9 @@ def _time_size(size, contenders, args, report) -> dict:
             rec["skipped"][name] = f"counts failed: {e}"
     rec["spike_counts"] = _count_check(counts, T)
     rec["derived"] = _derived(rec, size)
-    if args.threads and "spark_seq" in active:
+    if args.threads and "spark_seq" in active and not cur.is_cuda:
         rec["threads"] = _thread_check(active, args)
-    if args.profile and "spark_seq" in active:
+    if args.profile and "spark_seq" in active and not cur.is_cuda:
         from ._bench_report import profile_spark
         rec["profile"] = profile_spark(active["spark_seq"], active.get("jax_direct"))
     return rec
@@ -249,7 +263,8 @@ def run(args, report=print) -> dict:
            "None: glibc's default)")
     sizes = QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
     results = {
-        "meta": {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+        "meta": {"device": args.device, "device_name": _device_name(args.device),
+                 "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
                  "processor": platform.processor(), "cpu_count": os.cpu_count(),
                  "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
                  "kept_freed_memory_threshold": kept_freed_memory_threshold(),
@@ -271,7 +286,10 @@ def run(args, report=print) -> dict:
     for cls in peers.ALL:
         info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}
         if cls.name not in args.contenders:
-            info.update(status="skipped", reason="not selected" + (" (--quick)" if cls.name in QUICK_SKIP else ""))
+            info.update(status="skipped", reason="not selected" + (" (--quick)" if args.quick and cls.name in QUICK_SKIP
+                                                                      else ""))
+        elif args.device not in cls.devices:
+            info.update(status="skipped", reason=f"runs on {', '.join(cls.devices)} only (--device {args.device})")
         else:
             try:
                 contenders[cls.name] = cls(loss=args.loss)
@@ -287,7 +305,9 @@ def run(args, report=print) -> dict:
         for name, c in contenders.items():  # notes may be refined during setup (e.g. jax_direct path)
             results["contenders"][name]["note"] = c.note or results["contenders"][name]["note"]
         _save_partial(results, args)
-    if args.memory:
+    if args.memory and args.device != "cpu":
+        report(f"memory not measured: the probe reads the process's resident set (CPU memory), not {args.device}")
+    elif args.memory:
         mem_sizes = args.memory_sizes or ([sizes[0]] if args.quick else [(100, 128, 1024)])
         names = [n for n in contenders if n in args.memory_contenders]
         for size in mem_sizes:
@@ -295,6 +315,12 @@ def run(args, report=print) -> dict:
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     results["meta"]["wall_s"] = time.perf_counter() - t_start
     return results
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    return platform.processor() or platform.machine()
 
 
 def _save_partial(results, args):
@@ -319,6 +345,9 @@ def parse_args(argv):
     p.add_argument("--contenders", default=None, help=f"comma list of {','.join(peers.BY_NAME)}")
     p.add_argument("--skip", default="", help="comma list of contenders to leave out")
     p.add_argument("--loss", choices=("sum", "weighted"), default="sum")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="where the input lives and the contenders run (cuda: CPU-only anchors and the memory, "
+                        "thread and profile checks are skipped)")
     p.add_argument("--compile-loop-max-t", type=int, default=100, help="largest T for torch.compile of the whole loop")
     p.add_argument("--step-max-bn", type=int, default=None, help="skip spark_step where B*N is larger (slow loop)")
     p.add_argument("--no-memory", dest="memory", action="store_false")
@@ -336,6 +365,8 @@ def parse_args(argv):
     a.modes = tuple(m for m in a.modes.split(",") if m)
     if any(m not in MODES for m in a.modes):
         p.error(f"--modes must be a subset of {MODES}")
+    if a.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda: torch sees no CUDA device (torch.cuda.is_available() is False)")
     a.rounds = a.rounds or (2 if a.quick else 7)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 2)
     default = [n for n in peers.BY_NAME if not (a.quick and n in QUICK_SKIP)]

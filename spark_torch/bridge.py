@@ -25,6 +25,7 @@ Design note — who owns a buffer, and when a copy happens:
 from __future__ import annotations
 
 import collections
+import functools
 import warnings
 
 import jax
@@ -85,12 +86,37 @@ def _explicit_copy(tensor: torch.Tensor, name: str) -> torch.Tensor:
     return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
 
 
+_JAX_PLATFORMS = {"cuda": "gpu"}  # torch device type -> JAX platform (ROCm torch also says "cuda")
+
+
+@functools.lru_cache(maxsize=None)
+def _jax_has_platform(platform: str) -> bool:
+    try:
+        return bool(jax.devices(platform))
+    except RuntimeError:  # JAX raises when it has no backend for the platform
+        return False
+
+
+def _check_device_reachable(tensor: torch.Tensor, name: str) -> None:
+    """A non-CPU tensor needs a JAX backend for its device: say which, instead of a DLPack error."""
+    platform = _JAX_PLATFORMS.get(tensor.device.type, tensor.device.type)
+    if not _jax_has_platform(platform):
+        raise RuntimeError(
+            f"`{name}` is on {tensor.device}, but this JAX ({jax.__version__}) has no '{platform}' backend "
+            f"(it has {sorted({d.platform for d in jax.devices()})}); the kernel runs on the tensor's device: "
+            + ("install a JAX with GPU support matching your CUDA (e.g. pip install -U \"jax[cuda13]\") or "
+               if platform == "gpu" else "") + "move the layer and its input to the CPU")
+
+
 def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     """Share ``tensor`` with JAX (zero-copy when :func:`shares_memory_layout`, else an explicit copy).
 
-    Raises ``TypeError`` if JAX would receive another dtype (64-bit outside a 64-bit precision scope).
+    Raises ``TypeError`` if JAX would receive another dtype (64-bit outside a 64-bit precision scope),
+    ``RuntimeError`` if the tensor's device has no JAX backend (e.g. CUDA with a CPU-only JAX).
     """
     tensor = tensor.detach()
+    if tensor.device.type != "cpu":
+        _check_device_reachable(tensor, name)
     if not shares_memory_layout(tensor):
         tensor = _explicit_copy(tensor, name)
     if _fast_import is not None and tensor.device.type == "cpu":

@@ -228,9 +228,11 @@ class IzhikevichSoma(snn.Leaky):
                                        float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)),
                                        recovery_checkpoints=self.checkpoint_recovery)
         spk = self._emit(spikes, x, fused is not None)
-        v_last, u_last = v[-1], u[-1]  # [T, ...] traces, or [1, ...] final states (no grad; u with checkpoints)
-        if v.shape[0] > 1:  # own copies: a view would keep the whole [T, B, N] trajectories alive
-            v_last, u_last = v_last.clone(), u_last.clone()
+        # [T, ...] traces, or [1, ...] final states (no grad; u with checkpoints). Own copies in torch's
+        # memory: a view would keep the whole [T, B, N] trajectories alive, and on CUDA the next call's
+        # initial state must not be JAX-allocated memory (XLA 0.11's command buffers then fail: "Failed
+        # to set memcpy D2D node params", tests/test_cuda.py).
+        v_last, u_last = v[-1].clone(), u[-1].clone()
         mem_last = mem[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
         if step_input:
             self._set_state(mem_last, v_last, u_last)

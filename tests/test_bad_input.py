@@ -261,6 +261,21 @@ def test_input_and_parameters_on_different_devices():
     assert layer.threshold.device.type == "meta" and layer.potential.device.type == "meta"
 
 
+def test_device_without_a_jax_backend_is_named(monkeypatch):
+    """A tensor on a device JAX has no backend for (CUDA with a CPU-only JAX) fails at the boundary with
+    the argument, the device and what to install, not with a DLPack error from inside JAX."""
+    from spark_torch import bridge
+
+    with pytest.raises(RuntimeError, match=r"`current` is on meta, but this JAX \(.*\) has no 'meta' backend .*"
+                                           r"move the layer and its input to the CPU"):
+        bridge.to_jax(torch.empty(3, device="meta"), "current")
+    if bridge._jax_has_platform("gpu"):
+        return  # the CUDA wording below needs a JAX without a GPU backend
+    monkeypatch.setitem(bridge._JAX_PLATFORMS, "meta", "gpu")  # stands in for a CUDA tensor (no GPU here)
+    with pytest.raises(RuntimeError, match=r"has no 'gpu' backend .*install a JAX with GPU support"):
+        bridge.to_jax(torch.empty(3, device="meta"), "current")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_input_for_cpu_layer_is_rejected():
     check_rejected(step_layer, lambda l: l(torch.ones(B, N, device="cuda")), good_step_call,

@@ -101,6 +101,21 @@ def test_unavailable_peer_is_skipped_not_faked(monkeypatch):
     assert "torch_eager" in res["sizes"][0]["timings"]["fwdbwd"]
 
 
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where there is no CUDA")
+def test_device_cuda_without_a_gpu_is_refused_with_the_reason(capsys):
+    with pytest.raises(SystemExit) as info:
+        bench.parse_args(["--quick", "--device", "cuda"])
+    assert info.value.code == 2
+    assert "--device cuda: torch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_cpu_only_contenders_declare_it():
+    """The hand-fused anchors are CPU code; on ``--device cuda`` they are skipped with that reason
+    (tests/test_cuda.py runs the benchmark there), every torch/JAX contender runs on both."""
+    assert peers.CFused.devices == peers.NumbaFused.devices == ("cpu",)
+    assert all("cuda" in c.devices for c in peers.ALL if c not in (peers.CFused, peers.NumbaFused))
+
+
 def test_module_entry_point_with_memory_probe(tmp_path):
     """``python -m spark_torch.bench`` in a subprocess, including one fresh-process memory probe."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))

@@ -100,3 +100,34 @@ def test_keep_freed_memory_mapped_reports_success_on_glibc():
 def test_keep_freed_memory_mapped_rejects_bad_threshold(bad):
     with pytest.raises(ValueError, match="threshold_bytes"):
         keep_freed_memory_mapped(bad)
+
+
+# ------------------------------------------------------------------------------------------------ import-time env
+_ENV_PROBE = r"""
+import os, sys
+setup = sys.argv[1]
+if setup == "torch_first":
+    import torch
+elif setup == "jax_started":
+    import jax
+    jax.devices()
+import spark_torch
+print(os.environ.get("OMP_WAIT_POLICY"), os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE"))
+"""
+
+
+@pytest.mark.parametrize("setup, preset, expected", [
+    ("plain", {}, "PASSIVE false"),                    # both defaults chosen at import
+    ("plain", {"OMP_WAIT_POLICY": "ACTIVE", "XLA_PYTHON_CLIENT_PREALLOCATE": "true"}, "ACTIVE true"),  # user's kept
+    ("torch_first", {}, "None false"),                 # OpenMP already read its policy: left alone
+    ("jax_started", {}, "PASSIVE None"),               # JAX's clients exist: the setting would do nothing
+])
+def test_import_time_defaults_respect_the_users_choice_and_what_already_started(setup, preset, expected):
+    """``import spark_torch`` sets ``OMP_WAIT_POLICY=PASSIVE`` and ``XLA_PYTHON_CLIENT_PREALLOCATE=false``
+    (JAX's GPU client would take 75 % of the GPU) only where unset and where they can still take effect."""
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    env.update(preset)
+    out = subprocess.run([sys.executable, "-c", _ENV_PROBE, setup], env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == expected

@@ -286,8 +286,8 @@ def run(args, report=print) -> dict:
     for cls in peers.ALL:
         info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}
         if cls.name not in args.contenders:
-            info.update(status="skipped", reason="not selected" + (" (--quick)" if args.quick and cls.name in QUICK_SKIP
-                                                                      else ""))
+            by_quick = " (--quick)" if args.quick and cls.name in QUICK_SKIP else ""
+            info.update(status="skipped", reason="not selected" + by_quick)
         elif args.device not in cls.devices:
             info.update(status="skipped", reason=f"runs on {', '.join(cls.devices)} only (--device {args.device})")
         else:

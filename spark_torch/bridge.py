@@ -17,6 +17,9 @@ Design note — who owns a buffer, and when a copy happens:
   dtype that arrived and raises on any mismatch instead of computing in lower precision.
 * Tensors that require grad cannot be exported; :func:`to_jax` detaches (the autograd op owns the
   graph, the kernel only sees values).
+* Devices: a CUDA tensor is shared with JAX's GPU device the same way (JAX makes its stream wait for
+  the work torch queued on the tensor's stream; tests/test_cuda.py). A tensor on a device JAX has no
+  backend for raises a ``RuntimeError`` that names it, instead of a DLPack error from inside JAX.
 * Cost: on CPU both directions call JAX's own DLPack primitives directly (the public wrappers add
   ~40 µs of Python checks per tensor); other devices and other JAX versions use the public API.
   Module parameters go through :func:`to_jax_shared`, which reuses one JAX view per storage.

@@ -17,20 +17,13 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-# On a GPU, JAX's client reserves 75 % of the device's memory when it starts (which importing
-# spark_torch does), leaving torch a quarter of its own GPU. Unless the user chose a policy, or JAX's
+# On a GPU, JAX's client reserves 75 % of the device's memory when it starts (at the first layer
+# call), leaving torch a quarter of its own GPU. Unless the user chose a policy, or JAX's
 # backends already started, JAX allocates on demand instead (tests/test_cuda.py measures it).
 _jax_bridge = _sys.modules.get("jax._src.xla_bridge")
 if not getattr(_jax_bridge, "_backends", None):
     _os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 del _jax_bridge
-
-from . import tuning as _tuning
-
-# Every call returns fresh [T, B, *units] buffers; glibc would give freed ones back to the OS and fault
-# them in again on the next call (~2x slower kernels here). Keep freed memory mapped for reuse, unless
-# SPARK_TORCH_KEEP_FREED_MEMORY=0 or a glibc MALLOC_*_ variable is set (see spark_torch.tuning).
-_tuning.keep_freed_memory_by_default()
 
 from .config import IzhikevichSomaConfig
 from .initializers import Constant, Initializer, Normal, Uniform

@@ -22,31 +22,60 @@ Design note — who owns a buffer, and when a copy happens:
   backend for raises a ``RuntimeError`` that names it, instead of a DLPack error from inside JAX.
 * Cost: on CPU both directions call JAX's own DLPack primitives directly (the public wrappers add
   ~40 µs of Python checks per tensor); other devices and other JAX versions use the public API.
-  Module parameters go through :func:`to_jax_shared`, which reuses one JAX view per storage.
+  Module parameters go through :func:`to_jax_shared`, which reuses one JAX view per parameter, kept by
+  the module that owns it.
 """
 
 from __future__ import annotations
 
 import collections
 import functools
+import sys
 import warnings
+from typing import Callable, NamedTuple, Optional
 
 import jax
 import jax.dlpack
 import torch
 import torch.utils.dlpack
 
-try:  # JAX's own import primitive, without the public wrapper's ~40 µs of per-call Python checks.
-    from jax._src.lib import _jax as _jax_ext
-    from jax._src import xla_bridge as _xla_bridge
+class _CpuPrimitives(NamedTuple):
+    """JAX's own DLPack primitives for the local CPU, without the public wrappers' per-call Python checks."""
 
-    _CPU_DEVICE = _xla_bridge.get_backend("cpu").device_from_local_hardware_id(0)
-    _fast_import = _jax_ext.dlpack_managed_tensor_to_buffer
-    _fast_export = _jax_ext.buffer_to_dlpack_managed_tensor
-    _probe = _fast_import(torch.utils.dlpack.to_dlpack(torch.zeros(1)), _CPU_DEVICE, None, False, 1)
-    torch.utils.dlpack.from_dlpack(_fast_export(_probe, stream=None))  # probe both signatures
-except Exception:  # pragma: no cover - other JAX versions: the public API is always correct
-    _fast_import = _fast_export = None
+    device: object
+    import_: Callable
+    export: Callable
+
+
+_cpu_primitives: Optional[_CpuPrimitives] = None
+_cpu_primitives_probed = False
+
+
+def _fast_cpu() -> Optional[_CpuPrimitives]:
+    """The primitives, probed on first use (not at import: that would start JAX's CPU backend, and a
+    process ``fork()``-ed after that cannot run JAX); ``None`` where this JAX lacks them."""
+    global _cpu_primitives, _cpu_primitives_probed
+    if not _cpu_primitives_probed:
+        _cpu_primitives_probed = True
+        try:
+            from jax._src.lib import _jax as jax_ext
+            from jax._src import xla_bridge
+
+            device = xla_bridge.get_backend("cpu").device_from_local_hardware_id(0)
+            import_, export = jax_ext.dlpack_managed_tensor_to_buffer, jax_ext.buffer_to_dlpack_managed_tensor
+            probe = import_(torch.utils.dlpack.to_dlpack(torch.zeros(1)), device, None, False, 1)
+            torch.utils.dlpack.from_dlpack(export(probe, stream=None))  # both signatures as expected
+            _cpu_primitives = _CpuPrimitives(device, import_, export)
+        except Exception:  # pragma: no cover - other JAX versions: the public API is always correct
+            _cpu_primitives = None
+    return _cpu_primitives
+
+
+def jax_backends_started() -> bool:
+    """Whether this process has started any JAX backend (its thread pools then exist: see ``fork``)."""
+    xla_bridge = sys.modules.get("jax._src.xla_bridge")
+    return bool(getattr(xla_bridge, "_backends", None))
+
 
 ALIGNMENT_BYTES = 64
 _JAX_DTYPES = {torch.float32: jax.numpy.dtype("float32"), torch.float64: jax.numpy.dtype("float64"),
@@ -122,8 +151,9 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
         _check_device_reachable(tensor, name)
     if not shares_memory_layout(tensor):
         tensor = _explicit_copy(tensor, name)
-    if _fast_import is not None and tensor.device.type == "cpu":
-        array = _fast_import(torch.utils.dlpack.to_dlpack(tensor), _CPU_DEVICE, None, False, 1)
+    fast = _fast_cpu() if tensor.device.type == "cpu" else None
+    if fast is not None:
+        array = fast.import_(torch.utils.dlpack.to_dlpack(tensor), fast.device, None, False, 1)
         if array.dtype.itemsize == 8 and not jax.config.jax_enable_x64:
             array = jax.dlpack.from_dlpack(tensor, copy=False)  # let the public path apply JAX's x64 rule
     else:
@@ -135,30 +165,24 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     return array
 
 
-_shared_views: "collections.OrderedDict[tuple, tuple[torch.Tensor, jax.Array]]" = collections.OrderedDict()
-_SHARED_VIEWS_MAX = 256
+def to_jax_shared(tensor: torch.Tensor, name: str, views: dict) -> jax.Array:
+    """:func:`to_jax` for long-lived tensors (module parameters), reusing the JAX view kept in ``views``.
 
-
-def to_jax_shared(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
-    """:func:`to_jax` for long-lived tensors (module parameters), reusing the JAX view of their memory.
-
-    The JAX array aliases the tensor's storage, so in-place updates (optimizer steps) are seen by the
-    next kernel call; the cache entry keeps the storage alive, so its address cannot be reused by
-    another tensor while cached. Tensors that would need a copy are never cached (a copy would go stale).
+    ``views`` is a dict owned by whoever owns ``tensor`` (the layer): ``views[name]`` holds the view and
+    the layout it was made for, so that the view (which holds the tensor's memory) lives exactly as long
+    as its owner. The JAX array aliases the tensor's storage, so in-place updates (optimizer steps) are
+    seen by the next kernel call; a tensor whose storage or layout changed (``.data = ...``, ``.to()``)
+    is imported again. Tensors that would need a copy are never cached (a copy would go stale).
     """
-    tensor = tensor.detach()
     if not shares_memory_layout(tensor):
         return to_jax(tensor, name)
-    key = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device,
-           bool(jax.config.jax_enable_x64))
-    hit = _shared_views.get(key)
-    if hit is not None:
-        _shared_views.move_to_end(key)
+    layout = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device,
+              bool(jax.config.jax_enable_x64))
+    hit = views.get(name)
+    if hit is not None and hit[0] == layout:
         return hit[1]
     array = to_jax(tensor, name)
-    _shared_views[key] = (tensor, array)
-    if len(_shared_views) > _SHARED_VIEWS_MAX:
-        _shared_views.popitem(last=False)
+    views[name] = (layout, array)
     return array
 
 
@@ -167,12 +191,12 @@ def _on_one_local_cpu(array: jax.Array) -> bool:
 
 
 def _export_cpu(array: jax.Array) -> torch.Tensor:
-    return torch.utils.dlpack.from_dlpack(_fast_export(array, stream=None))
+    return torch.utils.dlpack.from_dlpack(_fast_cpu().export(array, stream=None))
 
 
 def to_torch(array: jax.Array) -> torch.Tensor:
     """Wrap a (finished) JAX array as a torch tensor without a copy."""
-    if _fast_export is not None and _on_one_local_cpu(array):
+    if _fast_cpu() is not None and _on_one_local_cpu(array):
         return _export_cpu(array)
     return torch.from_dlpack(array)
 
@@ -185,5 +209,5 @@ def results_to_torch(arrays):
     """
     leaves, treedef = jax.tree_util.tree_flatten(arrays)
     jax.block_until_ready(leaves)
-    wrap = _export_cpu if _fast_export is not None and leaves and _on_one_local_cpu(leaves[0]) else to_torch
+    wrap = _export_cpu if _fast_cpu() is not None and leaves and _on_one_local_cpu(leaves[0]) else to_torch
     return jax.tree_util.tree_unflatten(treedef, [wrap(a) for a in leaves])

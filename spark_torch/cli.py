@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from . import tuning
+
 __all__ = ["main", "build_parser"]
 
 
@@ -96,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Console entry point; returns the exit status (0 ok, 2 bad flags or values)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    tuning.keep_freed_memory_by_default()  # this program's own process: opt in (spark_torch.tuning)
     if argv[:1] == ["bench"] and _bench_available():  # every later argument, --help included, is bench's
         return _run_bench(argv[1:])
     parser = build_parser()
@@ -143,7 +146,7 @@ def _table(results) -> str:
 
 
 def _patterns(args) -> int:
-    from .training import plot_patterns, simulate_presets
+    from .patterns import plot_patterns, simulate_presets
 
     traces = simulate_presets(current_pA=args.current, duration_ms=args.duration, dt=args.dt)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -49,10 +49,14 @@ import numpy as np
 
 from .initializers import Initializer, initializer_from_dict
 
-__all__ = ["IzhikevichSomaConfig", "SCHEMES", "FieldValue"]
+__all__ = ["IzhikevichSomaConfig", "SCHEMES", "FieldValue", "V_LIMIT", "check_field_values"]
 
 #: Integration schemes understood by the kernel.
 SCHEMES: tuple[str, ...] = ("euler", "izhikevich2003")
+
+#: Bound (mV) on the membrane potential and (mV/ms) on the recovery variable: the kernel confines every
+#: integrated value to ``[-V_LIMIT, V_LIMIT]``, so membrane levels of the config must lie inside it.
+V_LIMIT = 1e5
 
 #: What a model field holds after construction.
 FieldValue = Union[float, np.ndarray, Initializer]
@@ -155,11 +159,29 @@ def _check_above(hi_name: str, hi: FieldValue, lo_name: str, lo: FieldValue) -> 
                          f"{hi_name}={float(h[idx])!r}, {lo_name}={float(l[idx])!r}")
 
 
-def _check_values(values: dict[str, FieldValue]) -> None:
-    """The value rules shared by validate() and materialize()."""
+def _check_within_bound(name: str, value: FieldValue) -> None:
+    """``|value| <= V_LIMIT``: a membrane level the bounded state can hold (skipped for initializers)."""
+    if isinstance(value, Initializer):
+        return
+    arr = np.asarray(value)
+    bad = np.abs(arr) > V_LIMIT
+    if bad.any():
+        rule = f"must lie within ±{V_LIMIT:g} mV, the bound on the membrane potential"
+        if arr.ndim == 0:
+            raise ValueError(f"`{name}` (={float(arr)!r}) {rule}")
+        idx = _first_bad(bad)
+        raise ValueError(f"`{name}` {rule} everywhere; neuron {idx} has {float(arr[idx])!r}")
+
+
+def check_field_values(values: dict[str, FieldValue]) -> None:
+    """The value rules on the seven model fields (shared by validate(), materialize() and checkpoint loads):
+    finite; ``resistance >= 0``; ``threshold > potential_rest`` and ``threshold > potential_reset``
+    elementwise; ``potential_rest``, ``potential_reset`` and ``threshold`` within ``±V_LIMIT`` mV."""
     for name in IzhikevichSomaConfig.MODEL_FIELDS:
         _check_finite(name, values[name])
     _check_nonneg("resistance", values["resistance"])
+    for name in ("potential_rest", "potential_reset", "threshold"):
+        _check_within_bound(name, values[name])
     _check_above("threshold", values["threshold"], "potential_rest", values["potential_rest"])
     _check_above("threshold", values["threshold"], "potential_reset", values["potential_reset"])
 
@@ -310,7 +332,7 @@ class IzhikevichSomaConfig:
         for f in dataclasses.fields(self):
             self._coerce(f.name, getattr(self, f.name))
         _check_settings(self.dt, self.scheme, self.seed)
-        _check_values(self._model_values())
+        check_field_values(self._model_values())
 
     def _model_values(self) -> dict[str, FieldValue]:
         return {name: getattr(self, name) for name in self.MODEL_FIELDS}
@@ -336,7 +358,7 @@ class IzhikevichSomaConfig:
         out = {name: self._materialize_one(i, name, units)
                for i, name in enumerate(self.MODEL_FIELDS)}
         if not self._skip_validation:
-            _check_values(out)
+            check_field_values(out)
         return out
 
     def _materialize_one(self, index: int, name: str, units: tuple[int, ...]) -> np.ndarray:

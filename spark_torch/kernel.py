@@ -16,7 +16,7 @@ per neuron, with membrane ``v`` (mV), recovery ``u`` (mV/ms), input current ``I`
     bound   v½, v* are confined to [−V_LIMIT, V_LIMIT] = [−1e5, 1e5] mV  (see below)
     spike   s      = v* >= v_pk                                      (tested on the integrated value)
     reset   v_next = c      if s else v*
-            u_next = u* + d if s else u*
+            u_next = u* + d if s else u*,  confined to [−V_LIMIT, V_LIMIT] mV/ms
     output  x      = (v* − v_pk) / (v_pk − v_r)                      (0 at threshold, −1 at rest)
 
 Bound: the quadratic makes the model blow up for large inputs (the next step squares the membrane, and
@@ -26,6 +26,10 @@ Inf and then NaN. Like NEST's ``V_min``, every integrated membrane value (``v½`
 ``±V_LIMIT``; its gradient is 0 beyond the bound (1 on it, as ``torch.clamp``'s). Ordinary trajectories
 never reach it (the paper's scheme overshoots to ~2e3 mV at drive R·I = 100, Euler stays below ~1e3), so
 it changes nothing there; it guarantees that finite input gives finite state, spikes, ``x`` and gradients.
+The recovery variable is confined the same way after its update: explicit Euler on ``u`` is unstable once
+``dt·a > 2`` (``u`` then grows by ``|1 − dt·a|`` per step), and a large negative ``d`` drives ``u`` to −Inf,
+so a config that passes validation (finite fields, membrane levels within ``±V_LIMIT``) cannot reach
+Inf/NaN either; ordinary trajectories keep ``|u|`` in the hundreds.
 
 Gradients treat the spike in the reset as a constant (as snnTorch detaches its reset); the spike
 itself is not differentiated here: the caller applies a surrogate to ``x`` and sends back ``dL/dx``.
@@ -36,6 +40,14 @@ Shapes: ``current`` is ``[T, *batch, *units]``; parameters broadcast against ``[
 Precision: everything is computed in the dtype of ``current``. JAX computes float64 as float32 unless
 x64 is enabled, so :func:`precision_scope` enables it (thread-locally, for the duration of a call)
 when the input is 64-bit; the user's global JAX setting is never changed.
+
+Backends: the loops run as XLA code (:data:`xla_simulate_forward`, :data:`xla_simulate_backward`, a
+``lax.fori_loop`` over time; ``_simulate`` and ``_simulate_bwd`` are the reference) or as one fused C++
+call per direction (:mod:`spark_torch.native`; CPU arrays; no fused multiply-adds, so it agrees with the
+XLA loop to rounding). :data:`simulate_forward`, :data:`simulate_backward` and :func:`simulate` use the
+active one: ``SPARK_TORCH_KERNEL=native|xla|auto`` in the environment (default ``auto``: native if it
+builds, else xla with one warning), :func:`set_backend`, the context manager :func:`use_backend`, and
+:func:`backend` (the one in use); details in :mod:`spark_torch._backend`.
 """
 
 from __future__ import annotations
@@ -50,10 +62,14 @@ import jax.numpy as jnp
 from jax import lax
 import numpy as np
 
-SCHEMES = ("euler", "izhikevich2003")
+from . import _backend
+from . import config as _config
+from ._backend import backend, set_backend, use_backend  # noqa: F401  (public here; see below)
 
-#: Bound (mV) on every integrated membrane value, ``v½`` and ``v*`` (module docstring, "Bound").
-V_LIMIT = 1e5
+SCHEMES = _config.SCHEMES
+
+#: Bound on every integrated membrane value, ``v½`` and ``v*`` (mV), and on ``u`` (mV/ms): module docstring.
+V_LIMIT = _config.V_LIMIT
 
 
 class IzhikevichParams(NamedTuple):
@@ -69,6 +85,10 @@ class IzhikevichParams(NamedTuple):
     recovery_timescale: jax.Array  # a [1/ms]
     recovery_sensitivity: jax.Array  # b [dimensionless]
     recovery_update: jax.Array  # d [mV/ms]: added to u after a spike
+
+
+if IzhikevichParams._fields != _config.IzhikevichSomaConfig.MODEL_FIELDS:  # the op and the layer pass them by position
+    raise ImportError("IzhikevichParams must list IzhikevichSomaConfig.MODEL_FIELDS, in that order")
 
 
 class IzhikevichState(NamedTuple):
@@ -150,15 +170,20 @@ def _integrate(v, u, current, p: IzhikevichParams, dt: float, scheme: str):
 
 
 def _normalized(v, p: IzhikevichParams):
-    """snnTorch-style membrane: ``(v − v_r) / (v_pk − v_r)`` (0 at rest, 1 at the spike cut-off)."""
-    return (v - p.potential_rest) / (p.threshold - p.potential_rest)
+    """snnTorch-style membrane: ``(v − v_r) · (1 / (v_pk − v_r))`` (0 at rest, 1 at the spike cut-off).
+
+    Written as a product with the reciprocal, which is what XLA makes of a division by a loop-invariant
+    value in some fusions but not in others: spelled out, every executable (traced or not, any batch
+    size) rounds it the same way. Within one rounding of the quotient ``(v − v_r) / (v_pk − v_r)``.
+    """
+    return (v - p.potential_rest) * (1.0 / (p.threshold - p.potential_rest))
 
 
 def _fire_and_reset(v_star, u_star, spike, p: IzhikevichParams):
     """Given the spike mask, the normalized distance ``x`` and the post-reset state."""
     x = (v_star - p.threshold) / (p.threshold - p.potential_rest)
     v_next = jnp.where(spike, p.potential_reset, v_star)
-    u_next = jnp.where(spike, u_star + p.recovery_update, u_star)
+    u_next = _confine(jnp.where(spike, u_star + p.recovery_update, u_star))
     return x, v_next, u_next
 
 
@@ -425,15 +450,21 @@ def _sum_to_shape(g, shape):
     return g.sum(axis=axes, keepdims=True) if axes else g
 
 
-simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x", "return_mem",
-                                                      "trace_state", "recovery_every"))
-simulate_forward.__doc__ = """Jitted forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype,
+xla_simulate_forward = jax.jit(_simulate, static_argnames=("dt", "scheme", "spike_dtype", "return_x", "return_mem",
+                                                          "trace_state", "recovery_every"))
+xla_simulate_forward.__doc__ = """Jitted XLA forward loop: ``(current, state, params, n_steps, dt, scheme[, spike_dtype,
 return_x, return_mem, trace_state, recovery_every]) -> Trajectory`` (see ``_simulate``). Pass ``n_steps`` as an
 array (e.g. ``np.int32(T)``): one executable per buffer shape."""
 
-simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
-simulate_backward.__doc__ = """Jitted reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes[, g_mem]]),
-n_steps, dt, scheme[, param_mask, surrogate]) -> (g_current, g_state, g_params)``."""
+xla_simulate_backward = jax.jit(_simulate_bwd, static_argnames=("dt", "scheme", "param_mask", "surrogate"))
+xla_simulate_backward.__doc__ = """Jitted XLA reverse loop: ``(current, state, params, traj, (g_x, g_v, g_u[, g_spikes[,
+g_mem]]), n_steps, dt, scheme[, param_mask, surrogate]) -> (g_current, g_state, g_params)``."""
+
+simulate_forward, simulate_backward = _backend.dispatchers(xla_simulate_forward, xla_simulate_backward)
+simulate_forward.__doc__ = """The forward loop on the active backend (:func:`backend`): the arguments and results of
+:data:`xla_simulate_forward`; the native kernel (:mod:`spark_torch.native`) for CPU arrays when it is in use."""
+simulate_backward.__doc__ = """The reverse loop on the active backend (:func:`backend`): the arguments and results of
+:data:`xla_simulate_backward`; the native kernel for CPU arrays when it is in use."""
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -441,20 +472,21 @@ def simulate(current, state: IzhikevichState, params: IzhikevichParams, dt: floa
     """Run the model over ``current`` ``[T, *batch, *units]`` (pA) from ``state``; differentiable.
 
     Differentiating through ``spikes`` is not possible (they are boolean); differentiate ``x``
-    (via a surrogate), ``v`` or ``u``. Gradients flow to ``current``, ``state`` and ``params``.
+    (via a surrogate), ``v`` or ``u``. Gradients flow to ``current``, ``state`` and ``params``. Both
+    directions run on the active backend (:func:`backend`), chosen when the call is traced.
     """
-    return _simulate(current, state, params, current.shape[0], dt, scheme)
+    return simulate_forward(current, state, params, current.shape[0], dt=dt, scheme=scheme)
 
 
 def _simulate_vjp_fwd(current, state, params, dt, scheme):
-    traj = _simulate(current, state, params, current.shape[0], dt, scheme)
+    traj = simulate_forward(current, state, params, current.shape[0], dt=dt, scheme=scheme)
     return traj, (current, state, params, traj)
 
 
 def _simulate_vjp_bwd(dt, scheme, residuals, cotangent: Trajectory):
     current, state, params, traj = residuals
-    g_current, g_state, g_params = _simulate_bwd(
-        current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), current.shape[0], dt, scheme)
+    g_current, g_state, g_params = simulate_backward(
+        current, state, params, traj, (cotangent.x, cotangent.v, cotangent.u), current.shape[0], dt=dt, scheme=scheme)
     g_params = IzhikevichParams(*(_sum_to_shape(g, jnp.shape(p)) for g, p in zip(g_params, params)))  # all wanted
     return g_current, g_state, g_params
 

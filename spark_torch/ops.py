@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from . import bridge
-from .kernel import (MIN_BUFFER_STEPS, IzhikevichParams, IzhikevichState, Trajectory, precision_scope,
+from .kernel import (IzhikevichParams, IzhikevichState, Trajectory, precision_scope,
                      recovery_checkpoint_interval, simulate_backward, simulate_forward)
 
 OP_NAMESPACE = "spark_torch_v4"
@@ -81,13 +81,17 @@ class _KernelArrays(NamedTuple):
     traj: Trajectory  # spikes, v, u (or final u and u_checkpoints) over the whole buffer (x and mem dropped)
 
 
-def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False):
+def _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False,
+                  param_views=None):
     """The kernel's forward; ``trace_state=False``: ``v``, ``u`` are the final state ``[1, ...]`` only."""
-    return _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state, recovery_checkpoints)[0]
+    return _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state, recovery_checkpoints,
+                           param_views)[0]
 
 
-def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False):
-    """:func:`_forward_impl`'s outputs and the :class:`_KernelArrays` behind them."""
+def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=True, recovery_checkpoints=False,
+                    param_views=None):
+    """:func:`_forward_impl`'s outputs and the :class:`_KernelArrays` behind them. ``param_views``: the
+    caller's cache of JAX views of ``params`` (see :func:`spark_torch.bridge.to_jax_shared`)."""
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     every = recovery_checkpoint_interval(n_buffer) if recovery_checkpoints and trace_state else 0
@@ -95,7 +99,7 @@ def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=
         current_j = bridge.to_jax(_pad_steps(current, n_buffer), "current")
         arrays = _KernelArrays(current_j if n_buffer == n_steps else None,
                                IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
-                               _params_to_jax(params), None)
+                               _params_to_jax(params, param_views), None)
         traj = simulate_forward(
             current_j, arrays.state, arrays.params, np.int32(n_steps), dt=dt, scheme=scheme,
             spike_dtype=_np_dtype(current.dtype), return_x=not surrogate, return_mem=True, trace_state=trace_state,
@@ -147,14 +151,10 @@ def _pad_steps(tensor: Optional[torch.Tensor], n_buffer: int, n_dims: Optional[i
 def _(current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints=False):
     x = current.new_empty(0) if surrogate else torch.empty_like(current)
     u, u_checkpoints = torch.empty_like(current), current.new_empty(0)
-    if recovery_checkpoints:
-        # what the real call will use (it registers the length); a symbolic T is specialized here: the
-        # number of checkpoints is not an expression torch's shape system can carry
-        n_buffer = buffer_length(int(current.shape[0]))
-        state_shape = current.shape[1:]
-        u = current.new_empty((1, *state_shape))
-        u_checkpoints = current.new_empty((-(-max(n_buffer, MIN_BUFFER_STEPS) // recovery_checkpoint_interval(
-            n_buffer)), *state_shape))
+    if recovery_checkpoints:  # the count, ceil(T_buf / ceil(sqrt(T_buf))), is no expression of T that torch's
+        # shape system can carry: a size of its own, so that a new T does not recompile (dynamic=True)
+        u = current.new_empty((1, *current.shape[1:]))
+        u_checkpoints = current.new_empty((torch.library.get_ctx().new_dynamic_size(), *current.shape[1:]))
     return torch.empty_like(current), x, torch.empty_like(current), u, torch.empty_like(current), u_checkpoints
 
 
@@ -268,8 +268,12 @@ def _uniform_as_scalar(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return grad.new_empty(()).copy_(grad.as_strided((), ()))
 
 
-def _params_to_jax(params) -> IzhikevichParams:
-    return IzhikevichParams(*(bridge.to_jax_shared(p, name) for p, name in zip(params, IzhikevichParams._fields)))
+def _params_to_jax(params, views: Optional[dict] = None) -> IzhikevichParams:
+    """The parameters as JAX arrays; with ``views`` (a dict the caller owns) each view is imported once."""
+    if views is None:
+        return IzhikevichParams(*(bridge.to_jax(p, name) for p, name in zip(params, IzhikevichParams._fields)))
+    return IzhikevichParams(*(bridge.to_jax_shared(p, name, views)
+                              for p, name in zip(params, IzhikevichParams._fields)))
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -297,9 +301,11 @@ class _EagerScan(torch.autograd.Function):
     """The same forward/backward as the custom ops, without the dispatcher (~100 µs per call saved)."""
 
     @staticmethod
-    def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, *params):
+    def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, param_views,
+                *params):
         output, ctx.kernel_arrays = _forward_kernel(current, v0, u0, list(params), dt, scheme, surrogate,
-                                                    recovery_checkpoints=recovery_checkpoints)
+                                                    recovery_checkpoints=recovery_checkpoints,
+                                                    param_views=param_views)
         _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surrogate_param,
                            recovery_checkpoints, output)
         return output
@@ -309,42 +315,44 @@ class _EagerScan(torch.autograd.Function):
         arrays, ctx.kernel_arrays = ctx.kernel_arrays, None  # released; a retain_graph rerun imports again
         g_current, g_v0, g_u0, *g_params = _saved_backward(
             ctx, partial(_backward_impl, arrays=arrays), g_spikes, g_x, g_v, g_u, g_mem)
-        return (g_current, g_v0, g_u0, None, None, None, None, None, *g_params)
+        return (g_current, g_v0, g_u0, None, None, None, None, None, None, *g_params)
 
 
-_kernel_ran_here = False  # has this process run the JAX kernel (so JAX's thread pools exist)?
-_forked_after_kernel = False
+_forked_after_jax = False  # was this process fork()-ed from a parent in which JAX had started?
 
 
 def _mark_forked_child() -> None:
-    global _forked_after_kernel, _kernel_ran_here
-    _forked_after_kernel, _kernel_ran_here = _kernel_ran_here, False
+    global _forked_after_jax
+    _forked_after_jax = bridge.jax_backends_started()  # the parent's backends, as copied into this child
 
 
 os.register_at_fork(after_in_child=_mark_forked_child)
 
 
 def _check_not_forked() -> None:
-    """JAX deadlocks in a ``fork``-ed child of a process that has run it: fail loudly instead of hanging."""
-    if _forked_after_kernel:
+    """JAX deadlocks in a ``fork``-ed child of a process that has started it: fail loudly instead of hanging."""
+    if _forked_after_jax:
         raise RuntimeError(
-            "spark_torch: this process was fork()-ed after JAX ran in its parent, and JAX cannot run in such "
+            "spark_torch: this process was fork()-ed after JAX started in its parent, and JAX cannot run in such "
             "a child (it hangs). Start worker processes with 'spawn' or 'forkserver', e.g. "
             "DataLoader(..., multiprocessing_context='spawn') or torch.multiprocessing.set_start_method('spawn')")
 
 
 def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float,
-         scheme: str, surrogate: str = "", surrogate_param: float = 0.0, recovery_checkpoints: bool = False):
+         scheme: str, surrogate: str = "", surrogate_param: float = 0.0, recovery_checkpoints: bool = False,
+         param_views: Optional[dict] = None):
     """What the module calls: the custom op :func:`izhikevich_scan` under ``torch.compile`` (an opaque
     node, fake shapes, registered autograd), a plain ``autograd.Function`` over the same
     implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs, except
     that without anything to differentiate, ``v`` and ``u`` are the final state ``[1, *batch, *units]``
-    (the kernel then writes no state traces)."""
-    global _kernel_ran_here
+    (the kernel then writes no state traces). ``param_views``: a dict owned by the caller (the layer) in
+    which the JAX views of ``params`` are kept between eager calls, so that they live as long as the
+    layer and no longer."""
     if torch.compiler.is_compiling():
         return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
     _check_not_forked()
-    _kernel_ran_here = True
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (current, v0, u0, *params))):
-        return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=False)
-    return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, *params)
+        return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=False,
+                             param_views=param_views)
+    return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, param_views,
+                            *params)

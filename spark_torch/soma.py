@@ -29,9 +29,6 @@ without ``h0``); with ``init_hidden=True`` state carries across calls until a re
 
 from __future__ import annotations
 
-import math
-import warnings
-import weakref
 from collections.abc import Iterable, Mapping
 from typing import Optional
 
@@ -39,32 +36,23 @@ import snntorch as snn
 import torch
 from torch import nn
 
+from . import checkpoint, inputs
 from .config import IzhikevichSomaConfig
-from .ops import SUPPORTED_DTYPES, scan
-from .surrogate import SnnTorchSurrogate, fused_surrogate
+from .ops import scan
+from .state import HiddenState, rest_state
+from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
-_HIDDEN_STATE = ("mem", "potential", "recovery")
-
-#: snnTorch keyword arguments that have no meaning for the Izhikevich model, with the reason.
-UNSUPPORTED_SNNTORCH_KWARGS = {
-    "beta": "the Izhikevich model has no leak factor; its decay comes from the quadratic and from u",
-    "learn_beta": "there is no `beta`; make a model field learnable with `learnable=(...)`",
-    "inhibition": "winner-take-all inhibition is not implemented for IzhikevichSoma",
-    "state_quant": "state quantization is not implemented for IzhikevichSoma",
-    "reset_delay": "the Izhikevich reset happens in the step that spikes (v -> c, u -> u + d)",
-}
-
 
 class IzhikevichSoma(snn.Leaky):
     r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
 
-    Per neuron and step (``dt`` ms, input current ``I`` in pA, ``v`` in mV)::
+    Per neuron and step (``dt`` ms, input current ``I`` in pA, ``v`` in mV; the full model, with the
+    scheme ``"izhikevich2003"`` and the bounds, is in :mod:`spark_torch.kernel`)::
 
         v* = v + dt·(0.04 v² + 5 v + 140 − u + R·I)      u* = u + dt·a·(b·v − u)     (scheme "euler")
         spike = v* >= v_pk;   v ← c, u ← u* + d if spike else v ← v*, u ← u*
 
-    (scheme ``"izhikevich2003"``: two half steps for ``v``, then ``u`` from the new ``v``.)
     Gradients: the spike's gradient is ``spike_grad`` evaluated at ``x = (v* − v_pk)/(v_pk − v_r)``
     (straight-through: the emitted value is exactly the kernel's spike); resets are detached.
 
@@ -95,6 +83,10 @@ class IzhikevichSoma(snn.Leaky):
             (peak extra memory of a sequence's forward+backward ~3× instead of ~4× the input), for
             ~10–20 % more time. Results and gradients are bit-identical either way.
 
+    Attributes: ``potential`` (v, mV), ``recovery`` (u, mV/ms), ``mem`` (see module docs), each
+    ``[B, *units]``; ``persist_hidden`` (default ``False``, as in snnTorch): ``state_dict()`` also carries
+    them, so that a run checkpointed mid-way resumes bit-identically.
+
     Inputs: ``cur`` ``[B, *units]`` (or ``[T, B, *units]``), optional ``mem`` ``[B, *units]``
     (normalized, see module docs). Outputs: ``spk, mem`` (or ``spk`` with ``init_hidden=True``).
 
@@ -112,9 +104,9 @@ class IzhikevichSoma(snn.Leaky):
                  graded_spikes_factor: float = 1.0, learn_graded_spikes_factor: bool = False,
                  learn_threshold: bool = False, reset_mechanism: str = "zero", check_finite: bool = True,
                  fuse_surrogate: bool = True, checkpoint_recovery: bool = False, **overrides):
-        _reject_unsupported_kwargs(overrides, reset_mechanism)
-        config = _resolve_config(config, overrides)
-        learnable = _resolve_learnable(learnable, learn_threshold)
+        inputs.reject_unsupported_kwargs(overrides, reset_mechanism)
+        config = inputs.resolve_config(config, overrides)
+        learnable = inputs.resolve_learnable(learnable, learn_threshold)
         if spike_grad is None:  # snnTorch's default atan(alpha=2.0), but picklable
             spike_grad = SnnTorchSurrogate("atan", 2.0)
         snn.SpikingNeuron.__init__(
@@ -132,17 +124,16 @@ class IzhikevichSoma(snn.Leaky):
         self._fused_for, self._fused = None, None
         self._fused_surrogate()  # decided here, outside any torch.compile trace
         self.units: Optional[tuple[int, ...]] = None
-        for name in MODEL_FIELDS:
+        for name in MODEL_FIELDS:  # placeholders until build(): lazy parameters, empty buffers
             if name in learnable:
                 setattr(self, name, nn.UninitializedParameter())
             else:
-                self.register_buffer(name, nn.UninitializedBuffer())
-        for name in _HIDDEN_STATE:
-            self.register_buffer(name, torch.zeros(0), persistent=False)
-        self._emitted: tuple = ()  # (tensor, version) of the state mem this layer emitted last
-        self._emitted_last_row: Optional[tuple] = None  # the last row of the [T, ...] mem it returned (weak)
+                self.register_buffer(name, torch.zeros(0))
+        self._hidden = HiddenState()  # mem, v, u and which mem is own (spark_torch.state)
+        self.persist_hidden = False  # state_dict() with mem, potential, recovery: resumes bit-identically
+        self._param_views: dict = {}  # JAX views of the model fields, kept between calls (ops.scan)
         if units is not None:
-            self.build(tuple(units))
+            self.build(units)
 
     # ------------------------------------------------------------------ build and reset
     def build(self, input_specs, dtype: Optional[torch.dtype] = None, device=None) -> None:
@@ -153,20 +144,20 @@ class IzhikevichSoma(snn.Leaky):
         Initializers are drawn from ``config.seed``; values land in ``dtype`` (default: torch's
         default dtype) on ``device``.
         """
-        units = _units_from_specs(input_specs)
+        units = inputs.units_from_specs(input_specs)
         if self.units is not None and units != self.units:
             raise ValueError(f"`input_specs` give units {units}, but the layer is built with units {self.units}")
-        arrays = self.config.materialize(units)
-        dtype = dtype or torch.get_default_dtype()
-        for name in MODEL_FIELDS:
-            value = torch.as_tensor(arrays[name], dtype=dtype, device=device)
-            tensor = getattr(self, name)
-            if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
-                tensor.materialize(units, dtype=dtype, device=device)
-            with torch.no_grad():
-                getattr(self, name).copy_(value)
-        self.units = units
-        self.reset()
+        values = inputs.field_tensors(self.config, units, dtype or torch.get_default_dtype(), device)
+        with torch.inference_mode(False), torch.no_grad():  # parameters stay trainable after an eval-mode build
+            for name, value in values.items():
+                tensor = getattr(self, name)
+                if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
+                    tensor.materialize(units, dtype=value.dtype, device=value.device)
+                    tensor.copy_(value)
+                else:
+                    self._buffers[name] = value.clone()
+            self.units = units
+            self.reset()
 
     @property
     def built(self) -> bool:
@@ -179,10 +170,10 @@ class IzhikevichSoma(snn.Leaky):
     def reset_mem(self) -> torch.Tensor:
         """snnTorch's reset: the rest state (``mem = 0``, ``u = b·v_r``) at the current batch size."""
         if not self.built or self.mem.numel() == 0:
-            self._set_state(*(torch.zeros(0, device=self.mem.device) for _ in range(3)))
+            self._hidden.set(*(torch.zeros(0, device=self.mem.device) for _ in range(3)))
             return self.mem
-        v, u = self._rest_state(tuple(self.mem.shape), self.mem.dtype)
-        self._set_state(torch.zeros_like(v), v, u)
+        v, u = rest_state(self.potential_rest, self.recovery_sensitivity, tuple(self.mem.shape), self.mem.dtype)
+        self._hidden.set(torch.zeros_like(v), v, u)
         return self.mem
 
     def init_leaky(self) -> torch.Tensor:
@@ -191,7 +182,27 @@ class IzhikevichSoma(snn.Leaky):
 
     def detach_hidden_state(self) -> None:
         """Cut the autograd history of ``mem``, ``v`` and ``u`` (truncated BPTT) for this layer only."""
-        self._set_state(self.mem.detach(), self.potential.detach(), self.recovery.detach())
+        self._hidden.set(self.mem.detach(), self.potential.detach(), self.recovery.detach())
+
+    @property
+    def mem(self) -> torch.Tensor:
+        """snnTorch's ``mem``: ``(v − v_r)/(v_pk − v_r)`` returned last, ``[B, *units]``. An assigned tensor
+        (``snn.Leaky.reset_hidden``) is a foreign membrane: the next call starts from it with ``u = b·v``."""
+        return self._hidden.mem
+
+    @mem.setter
+    def mem(self, value: torch.Tensor) -> None:
+        self._hidden.set(value, self._hidden.v, self._hidden.u, own=False)
+
+    @property
+    def potential(self) -> torch.Tensor:
+        """The membrane potential ``v`` (mV), ``[B, *units]``."""
+        return self._hidden.v
+
+    @property
+    def recovery(self) -> torch.Tensor:
+        """The recovery variable ``u`` (mV/ms), ``[B, *units]``."""
+        return self._hidden.u
 
     @property
     def beta(self):
@@ -201,48 +212,37 @@ class IzhikevichSoma(snn.Leaky):
 
     # ------------------------------------------------------------------ forward
     def forward(self, cur: torch.Tensor, mem: Optional[torch.Tensor] = None):
-        if self.init_hidden and mem is not None:
-            raise TypeError("`mem` should not be passed as an argument while `init_hidden=True`")
-        step_input = not self.sequence
-        cur = _autocast_to_float32(cur)
-        self._check_input(cur, "cur", sequence=self.sequence)
-        state_shape = tuple(cur.shape) if step_input else tuple(cur.shape[1:])  # [B, *units]
-        if mem is not None:  # validated before anything (build, state) changes
-            _check_state_tensor(mem, state_shape, cur.dtype)
-            if self.check_finite and mem.numel() and not torch.compiler.is_compiling() \
-                    and not (self.built and self._is_own(mem)) and not _all_finite(mem):  # own mem: checked input
-                raise ValueError("`mem` contains NaN or Inf; pass a finite membrane (or check_finite=False)")
+        cur = inputs.autocast_to_float32(cur)
+        state_shape = inputs.check_call(self, cur, mem)
         if not self.built:
             if torch.compiler.is_compiling():
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
-            self.build(tuple(cur.shape[1:] if step_input else cur.shape[2:]), dtype=cur.dtype, device=cur.device)
-        self._check_params_match(cur)
-        if self.sequence and mem is None and not self.init_hidden:
-            v0, u0 = self._rest_state(state_shape, cur.dtype)  # like nn.RNN without h0: each sequence from rest
+            self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
+        inputs.check_params_match(cur, self.threshold)
+        if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
+            v0, u0 = rest_state(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
         else:
-            v0, u0 = self._initial_state(mem, state_shape, cur.dtype)
-        sequence = cur.unsqueeze(0) if step_input else cur
+            v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype,
+                                          self.potential_rest, self.threshold, self.recovery_sensitivity)
         fused = self._fused_surrogate()
-        spikes, x, v, u, mem, _ = scan(sequence, v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-                                       float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)),
-                                       recovery_checkpoints=self.checkpoint_recovery)
-        spk = self._emit(spikes, x, fused is not None)
-        # [T, ...] traces, or [1, ...] final states (no grad; u with checkpoints). Own copies in torch's
-        # memory: a view would keep the whole [T, B, N] trajectories alive, and on CUDA the next call's
-        # initial state must not be JAX-allocated memory (XLA 0.11's command buffers then fail: "Failed
-        # to set memcpy D2D node params", tests/test_cuda.py).
-        v_last, u_last = v[-1].clone(), u[-1].clone()
-        mem_last = mem[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
-        if step_input:
-            self._set_state(mem_last, v_last, u_last)
+        spikes, x, v, u, mem_trace, _ = scan(
+            cur if self.sequence else cur.unsqueeze(0), v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
+            float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)),
+            recovery_checkpoints=self.checkpoint_recovery, param_views=self._param_views)
+        spk = emit_spikes(spikes, x, None if fused else self.spike_grad, self.graded_spikes_factor)
+        # v, u: [T, ...] traces, or [1, ...] final states. Own copies in torch's memory: a view would keep
+        # the whole [T, B, N] trajectories alive, and on CUDA the next call's initial state must not be
+        # JAX-allocated memory (XLA 0.11's command buffers then fail: "Failed to set memcpy D2D node params").
+        mem_last = mem_trace[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
+        if not self.sequence:
+            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone())
             spk, mem_out = spk[0], mem_last
         else:
-            mem_out = mem
-            self._set_state(mem_last, v_last, u_last, also_own_last_row_of=mem_out)
-        if self.output:
-            return spk, mem_out
-        if self.init_hidden:
+            mem_out = mem_trace
+            if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
+                self._hidden.set(mem_last, v[-1].clone(), u[-1].clone(), also_own_last_row_of=mem_out)
+        if self.init_hidden and not self.output:
             return spk
         return spk, mem_out
 
@@ -253,97 +253,15 @@ class IzhikevichSoma(snn.Leaky):
             self._fused_for, self._fused = self.spike_grad, fused_surrogate(self.spike_grad) if fusable else None
         return self._fused
 
-    def _emit(self, spikes: torch.Tensor, x: torch.Tensor, fused: bool) -> torch.Tensor:
-        """Spikes with their gradient: the kernel's value; the gradient of ``spike_grad`` at ``x``.
-
-        Fused: the kernel's spikes already carry that gradient. Otherwise straight-through: the
-        value is ``spikes`` exactly (``s − s.detach()`` is 0), the gradient is ``spike_grad``'s.
-        """
-        if not fused:
-            surrogate = self.spike_grad(x)
-            spikes = spikes + (surrogate - surrogate.detach())
-        factor = self.graded_spikes_factor
-        if not torch.compiler.is_compiling() and not factor.requires_grad and float(factor) == 1.0:
-            return spikes  # skip a [T, B, N] multiply by one
-        return spikes * factor
-
     # ------------------------------------------------------------------ state
-    def _rest_state(self, shape, dtype):
-        v = self.potential_rest.detach().to(dtype).expand(shape)
-        u = (self.recovery_sensitivity * self.potential_rest).detach().to(dtype).expand(shape)
-        return v.contiguous(), u.contiguous()
-
-    def _initial_state(self, mem_arg: Optional[torch.Tensor], shape: tuple, dtype):
-        """The state ``(v, u)`` a call starts from; see the module docstring for the rule."""
-        mem = self.mem if mem_arg is None else mem_arg
-        if tuple(mem.shape) != shape:
-            return self._rest_state(shape, dtype)
-        if self._is_own(mem):
-            v, u = self.potential, self.recovery
-            return (v, u) if mem.requires_grad else (v.detach(), u.detach())
-        v = self.potential_rest + mem * (self.threshold - self.potential_rest)
-        return v, self.recovery_sensitivity * v
-
-    def _is_own(self, mem: torch.Tensor) -> bool:
-        """Is ``mem`` (a view/alias of) a membrane this layer emitted last, unmodified since?
-
-        The state ``mem`` is held (strongly) in ``_emitted``, so its memory cannot be freed and reused
-        by another tensor: equal data pointer, layout and version mean equal values. The last row of a
-        returned ``[T, B, *units]`` membrane is tracked through a weak reference to that tensor (the
-        layer must not keep the user's trajectories alive): it counts while that tensor is alive.
-        """
-        if torch.compiler.is_compiling():
-            return mem is self.mem
-        if self.potential.shape != mem.shape:
-            return False
-        if any(_same_memory(mem, t, t.data_ptr(), t.stride(), version) for t, version in self._emitted):
-            return True
-        if self._emitted_last_row is None:
-            return False
-        owner, data_ptr, stride, version = self._emitted_last_row
-        owner = owner()
-        return owner is not None and _same_memory(mem, owner, data_ptr, stride, version)
-
-    def _set_state(self, mem, v, u, also_own_last_row_of: Optional[torch.Tensor] = None) -> None:
-        if torch.compiler.is_compiling():
-            self.mem, self.potential, self.recovery = mem, v, u
-            return
-        # registered buffers (``__init__``): set them directly, as nn.Module.__setattr__ would after its
-        # checks (9.7 -> 0.2 µs per call, measured)
-        self._buffers.update(mem=mem, potential=v, recovery=u)
-        self._emitted = ((mem, mem._version),) if mem.numel() else ()
-        self._emitted_last_row = None
-        if also_own_last_row_of is not None and also_own_last_row_of.numel():
-            last = also_own_last_row_of[-1]
-            self._emitted_last_row = (weakref.ref(also_own_last_row_of), last.data_ptr(), last.stride(),
-                                      also_own_last_row_of._version)
+    def _apply(self, fn, recurse=True):
+        """``.to()``, ``.double()``, ``.cuda()``, ...: also on the hidden state, which stays this layer's own,
+        so ``u`` continues (instead of restarting from ``b·v`` as for a foreign ``mem``)."""
+        module = super()._apply(fn, recurse)
+        self._hidden.apply(fn)
+        return module
 
     # ------------------------------------------------------------------ checks
-    def _check_input(self, cur, name: str, sequence: bool) -> None:
-        if not isinstance(cur, torch.Tensor):
-            raise TypeError(f"`{name}` must be a torch.Tensor, got {type(cur).__name__}")
-        if cur.dtype not in SUPPORTED_DTYPES:
-            raise TypeError(f"`{name}` has dtype {cur.dtype}; IzhikevichSoma computes in float32 or float64 "
-                            "(convert integer/bool/half input with .float())")
-        layout = "[T, B, *units]" if sequence else "[B, *units]"
-        min_dims = 3 if sequence else 2
-        if cur.dim() < min_dims:
-            raise ValueError(f"`{name}` must be {layout} with at least {min_dims} dims, got shape {tuple(cur.shape)}")
-        if self.built and tuple(cur.shape[min_dims - 1:]) != self.units:
-            raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: expected {layout} with units {self.units}")
-        if cur.numel() == 0:
-            raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: empty input (T = 0 or B = 0) is not accepted")
-        if self.check_finite and not torch.compiler.is_compiling() and not _all_finite(cur):
-            raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
-
-    def _check_params_match(self, cur: torch.Tensor) -> None:
-        ref = self.threshold
-        if ref.dtype != cur.dtype:
-            raise TypeError(f"`cur` has dtype {cur.dtype} but the layer's parameters are {ref.dtype}; "
-                            f"convert the layer (e.g. layer.to({cur.dtype})) or the input")
-        if ref.device != cur.device:
-            raise ValueError(f"`cur` is on {cur.device} but the layer's parameters are on {ref.device}")
-
     def extra_repr(self) -> str:
         parts = [f"units={self.units}", f"scheme={self.config.scheme!r}", f"dt={self.config.dt}"]
         if self.sequence:
@@ -356,140 +274,38 @@ class IzhikevichSoma(snn.Leaky):
             parts.append("checkpoint_recovery=True")
         return ", ".join(parts)
 
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_emitted_last_row"] = None  # a weak reference to the caller's tensor: not copied
-        return state
-
-    def __setstate__(self, state):
-        """After unpickling or ``copy.deepcopy``, the copied emitted ``mem`` is still this layer's own."""
-        super().__setstate__(state)
-        self._emitted = tuple((t, t._version) for t, _ in self.__dict__.get("_emitted", ()))
-        self._emitted_last_row = None
-
     # ------------------------------------------------------------------ checkpoints
-    @property
-    def persist_hidden(self) -> bool:
-        """Whether ``state_dict()`` carries the hidden state (``mem``, ``potential``, ``recovery``).
-
-        Off by default (as in snnTorch). On: a checkpoint taken mid-run resumes bit-identically.
-        """
-        return "mem" not in self._non_persistent_buffers_set
-
-    @persist_hidden.setter
-    def persist_hidden(self, enabled: bool) -> None:
-        for name in _HIDDEN_STATE:
-            (self._non_persistent_buffers_set.discard if enabled else self._non_persistent_buffers_set.add)(name)
-
     def get_extra_state(self) -> dict:
-        """Stored in ``state_dict()`` as ``_extra_state``: the config, the units and the learnable fields."""
-        return {"format": 1, "config": self.config.to_dict(), "units": None if self.units is None else list(self.units),
-                "learnable": list(self.learnable)}
+        """Stored in ``state_dict()`` as ``_extra_state`` (layout: :mod:`spark_torch.checkpoint`)."""
+        return checkpoint.extra_state(self)
 
     def set_extra_state(self, state: dict) -> None:
-        saved = IzhikevichSomaConfig.from_dict(state["config"])
-        for name in ("dt", "scheme"):
-            if getattr(saved, name) != getattr(self.config, name):
-                raise ValueError(f"the checkpoint was made with `{name}` = {getattr(saved, name)!r}, but this layer "
-                                 f"has `{name}` = {getattr(self.config, name)!r}; build the layer with the saved "
-                                 "config (IzhikevichSoma.from_state_dict) or change its config first")
-        self.config = saved
+        saved = checkpoint.parse_extra_state(state)
+        checkpoint.check_compatible(saved.config, self.config)
+        self.config = saved.config
 
     @classmethod
     def from_state_dict(cls, state_dict: Mapping, **kwargs) -> "IzhikevichSoma":
         """Rebuild a layer from ``state_dict()`` alone (config, units, learnables and values).
 
         ``kwargs`` are the non-config constructor arguments (``spike_grad``, ``init_hidden``, ...).
+        The checkpoint is checked completely before anything is built from it.
         """
-        extra = state_dict["_extra_state"]
-        layer = cls(IzhikevichSomaConfig.from_dict(extra["config"]), learnable=tuple(extra["learnable"]),
-                    units=extra["units"], **kwargs)
-        layer.persist_hidden = "mem" in state_dict
-        layer.load_state_dict(state_dict)
-        return layer
+        return checkpoint.from_state_dict(cls, state_dict, kwargs)
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "threshold"
-        if not self.built and key in state_dict:
-            saved = state_dict[key]
-            self.build(tuple(saved.shape), dtype=saved.dtype, device=saved.device)
-        hidden = [state_dict.get(prefix + name) for name in _HIDDEN_STATE]
-        if self.persist_hidden and all(t is not None for t in hidden):
-            self._set_state(*(torch.empty_like(t) for t in hidden))  # shapes of the saved state
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        if self.persist_hidden and all(t is not None for t in hidden):
-            self._set_state(self.mem, self.potential, self.recovery)  # the loaded mem is this layer's own
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_param_views"] = {}  # JAX views of this layer's tensors, not of a copy's
+        return state
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        checkpoint.save(self, destination, prefix, keep_vars, super()._save_to_state_dict)
 
-def _autocast_to_float32(cur: torch.Tensor) -> torch.Tensor:
-    """Inside an autocast region, half-precision activations are computed in float32 (like autocast's
-    float32 ops: the quadratic overflows float16 and bfloat16 cannot resolve the dynamics)."""
-    if isinstance(cur, torch.Tensor) and cur.dtype in (torch.float16, torch.bfloat16) \
-            and torch.is_autocast_enabled(cur.device.type):
-        return cur.float()
-    return cur
-
-
-def _same_memory(mem: torch.Tensor, owner: torch.Tensor, data_ptr: int, stride: tuple, version: int) -> bool:
-    """``mem`` has this data pointer and layout, ``owner``'s dtype and device, and the recorded version."""
-    return (mem.data_ptr() == data_ptr and mem.stride() == stride and mem.dtype == owner.dtype
-            and mem.device == owner.device and mem._version == version)
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    """One read-only pass: NaN and ±Inf propagate into the min/max (cheaper than ``isfinite(t).all()``)."""
-    low, high = torch.aminmax(t.detach())
-    return math.isfinite(low.item()) and math.isfinite(high.item())
-
-
-def _check_state_tensor(mem: torch.Tensor, shape: tuple, dtype) -> None:
-    if not isinstance(mem, torch.Tensor):
-        raise TypeError(f"`mem` must be a torch.Tensor, got {type(mem).__name__}")
-    if mem.numel() and tuple(mem.shape[1:]) != shape[1:]:
-        raise ValueError(f"`mem` has shape {tuple(mem.shape)}; expected [B, *units] = {shape} (a different "
-                         "batch size B starts from the rest state, as in snnTorch; the units must match)")
-    if mem.numel() and mem.dtype != dtype:
-        raise TypeError(f"`mem` has dtype {mem.dtype}; expected the input's dtype {dtype}")
-
-
-def _units_from_specs(input_specs) -> tuple[int, ...]:
-    if isinstance(input_specs, Mapping):
-        if not input_specs:
-            raise ValueError("`input_specs` is an empty mapping")
-        spec = next(iter(input_specs.values()))
-        return _units_from_specs(torch.empty(0).new_empty(tuple(getattr(spec, "shape", spec))))
-    if isinstance(input_specs, torch.Tensor):
-        if input_specs.dim() < 2:
-            raise ValueError(f"an example input must be [B, *units]; got shape {tuple(input_specs.shape)}")
-        return tuple(input_specs.shape[1:])
-    units = tuple(int(n) for n in input_specs)
-    if not units or any(n <= 0 for n in units):
-        raise ValueError(f"`units` (={units}) must be a non-empty tuple of positive sizes")
-    return units
-
-
-def _reject_unsupported_kwargs(kwargs: dict, reset_mechanism: str) -> None:
-    for name, why in UNSUPPORTED_SNNTORCH_KWARGS.items():
-        if name in kwargs:
-            raise TypeError(f"IzhikevichSoma does not accept snnTorch's `{name}` (={kwargs[name]!r}): {why}")
-    if reset_mechanism != "zero":
-        raise ValueError(f"`reset_mechanism` (={reset_mechanism!r}): the Izhikevich model resets v to "
-                         "`potential_reset` and adds `recovery_update` to u; only 'zero' (reset to a value) fits")
-
-
-def _resolve_config(config, overrides: dict) -> IzhikevichSomaConfig:
-    if config is None:
-        return IzhikevichSomaConfig(**overrides)
-    if not isinstance(config, IzhikevichSomaConfig):
-        raise TypeError(f"`config` must be an IzhikevichSomaConfig or None, got {type(config).__name__}")
-    return config.merge(**overrides) if overrides else config
-
-
-def _resolve_learnable(learnable, learn_threshold: bool) -> tuple[str, ...]:
-    if isinstance(learnable, str):
-        learnable = (learnable,)
-    names = tuple(dict.fromkeys(list(learnable) + (["threshold"] if learn_threshold else [])))
-    unknown = [n for n in names if n not in MODEL_FIELDS]
-    if unknown:
-        raise ValueError(f"`learnable` names {unknown}, which are not model fields; choose from {MODEL_FIELDS}")
-    return names
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Check everything this layer would load (:mod:`spark_torch.checkpoint`), then build if needed, then
+        load: a refused checkpoint raises before the layer changes."""
+        def load_tensors(entries):
+            super(IzhikevichSoma, self)._load_from_state_dict(entries, prefix, local_metadata, strict, missing_keys,
+                                                               unexpected_keys, error_msgs)
+        checkpoint.load(self, state_dict, prefix, strict, missing_keys, load_tensors)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 import snntorch.surrogate as _snn_surrogate
+import torch
 
 #: snnTorch factory name -> name of the closure variable holding its parameter.
 FUSABLE = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope"}
@@ -62,3 +63,19 @@ def fused_surrogate(spike_grad: Callable) -> Optional[tuple[str, float]]:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     return factory, float(value)
+
+
+def emit_spikes(spikes: torch.Tensor, x: torch.Tensor, spike_grad, factor: torch.Tensor) -> torch.Tensor:
+    """The layer's output spikes: the kernel's 0/1 ``spikes`` times ``factor`` (``graded_spikes_factor``),
+    with the gradient of ``spike_grad`` at ``x`` (the surrogate's input, ``(v* − v_pk)/(v_pk − v_r)``).
+
+    Straight-through: the value is ``spikes`` exactly (``s − s.detach()`` is 0), the gradient is
+    ``spike_grad``'s. ``spike_grad=None``: the surrogate is fused into the kernel, whose spikes already
+    carry that gradient.
+    """
+    if spike_grad is not None:
+        surrogate = spike_grad(x)
+        spikes = spikes + (surrogate - surrogate.detach())
+    if not torch.compiler.is_compiling() and not factor.requires_grad and float(factor) == 1.0:
+        return spikes  # skip a [T, B, N] multiply by one
+    return spikes * factor

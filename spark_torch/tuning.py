@@ -3,15 +3,16 @@
 Why: every layer call returns fresh ``[T, B, *units]`` tensors (the JAX kernel's outputs, torch's).
 glibc's ``malloc`` serves large blocks (≥ 128 KiB, its threshold growing up to 32 MiB) with ``mmap``
 and gives them back to the OS when freed, so the next call touches brand-new pages and pays a page
-fault per 4 KiB (~0.2 ms per MiB on this project's 2-core VM; BRIDGE_NOTES items 14 and 17). At
+fault per 4 KiB (~0.2 ms per MiB measured on a 2-core VM). At
 100×32×256 the kernel's forward alone took 6.7 ms with ~2,400 faults per call and 2.3 ms with none.
 
-What ``import spark_torch`` does: :func:`keep_freed_memory_by_default` calls
-:func:`keep_freed_memory_mapped` — blocks below 1 GiB are served from the main heap (for every thread:
-JAX allocates its outputs on its own threads) and freed memory up to 1 GiB stays mapped for reuse —
-unless the environment opts out:
+``import spark_torch`` changes none of this: it is the host program's allocator. A program opts in with
+:func:`keep_freed_memory_mapped` (blocks below 1 GiB are served from the main heap, for every thread: JAX
+allocates its outputs on its own threads, and freed memory up to 1 GiB stays mapped for reuse), or with
+:func:`keep_freed_memory_by_default`, which the ``spark-torch`` command line (demo, patterns, benchmark)
+calls, and which does nothing where the environment opts out:
 
-* ``SPARK_TORCH_KEEP_FREED_MEMORY=0``, or
+* ``SPARK_TORCH_KEEP_FREED_MEMORY`` set to ``0``, ``false``, ``no`` or ``off``, or
 * any of glibc's own ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_``,
   ``MALLOC_MMAP_MAX_``, ``MALLOC_ARENA_MAX`` is set (you chose an allocator policy; it is left alone).
 
@@ -30,7 +31,7 @@ _M_TRIM_THRESHOLD = -1  # glibc mallopt parameters (malloc.h)
 _M_MMAP_THRESHOLD = -3
 _M_ARENA_MAX = -8
 
-#: Set to ``"0"`` to keep glibc's default handling of freed memory when ``spark_torch`` is imported.
+#: Set to ``"0"`` (or ``false``, ``no``, ``off``) to keep glibc's default handling of freed memory when ``spark_torch`` is imported.
 KEEP_FREED_MEMORY_ENV = "SPARK_TORCH_KEEP_FREED_MEMORY"
 #: glibc's own tunables: if any is set, the import-time setting is skipped.
 GLIBC_MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_", "MALLOC_MMAP_MAX_",
@@ -72,12 +73,22 @@ def keep_freed_memory_mapped(threshold_bytes: int = 1 << 30) -> bool:
     return ok
 
 
+#: Values of an on/off environment variable that mean "off" (compared case-insensitively, stripped).
+OFF_VALUES = ("0", "false", "no", "off")
+
+
+def env_flag_off(name: str) -> bool:
+    """Whether the environment variable ``name`` is set to one of :data:`OFF_VALUES`."""
+    return os.environ.get(name, "").strip().lower() in OFF_VALUES
+
+
 def keep_freed_memory_by_default() -> bool:
     """Apply :func:`keep_freed_memory_mapped` unless the environment opts out (module docstring).
 
-    Called by ``import spark_torch``; returns whether the setting was applied.
+    Called by the ``spark-torch`` command line and ``python -m spark_torch.bench``; returns whether the
+    setting was applied.
     """
-    if os.environ.get(KEEP_FREED_MEMORY_ENV, "1").strip() == "0" or any(k in os.environ for k in GLIBC_MALLOC_ENV):
+    if env_flag_off(KEEP_FREED_MEMORY_ENV) or any(k in os.environ for k in GLIBC_MALLOC_ENV):
         return False
     return keep_freed_memory_mapped()
 

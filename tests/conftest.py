@@ -1,4 +1,5 @@
-"""Test-wide settings: a private inductor cache, deterministic seeds, a fresh sequence-length record."""
+"""Test-wide settings: a private inductor cache, deterministic seeds, a fresh sequence-length record, and
+the ``kernel_backend`` fixture that runs a test on each kernel backend available here."""
 
 import os
 import tempfile
@@ -26,3 +27,28 @@ def _fresh_length_policy(monkeypatch):
 
     monkeypatch.setattr(ops, "_exact_lengths", set())
     yield
+
+
+def _available_backends() -> list[str]:
+    """``"native"`` where the native kernel builds here (compiled once, then cached), and ``"xla"``."""
+    from spark_torch import native
+
+    try:
+        native.load()
+    except native.Unavailable:
+        return ["xla"]
+    return ["native", "xla"]
+
+
+KERNEL_BACKENDS = _available_backends()
+
+
+@pytest.fixture(params=KERNEL_BACKENDS)
+def kernel_backend(request):
+    """Runs the test once per available kernel backend, with that backend selected (the fixture's value
+    is its name). Take it as an argument, or opt a whole file in with
+    ``pytestmark = pytest.mark.usefixtures("kernel_backend")``."""
+    from spark_torch import kernel
+
+    with kernel.use_backend(request.param) as name:
+        yield name

@@ -1,6 +1,6 @@
-"""An independent NumPy simulator of SPEC §1 (Izhikevich 2003), for numerical reference tests.
+"""An independent NumPy simulator of the Izhikevich (2003) model, for numerical reference tests.
 
-Written without any reference to the JAX kernel. The arithmetic is spelled out in the SPEC's
+Written without any reference to the JAX kernel. The arithmetic is spelled out in the model's
 left-to-right order so that a float64 run can match another float64 implementation bit for bit:
 
     f(v, u)  = 0.04*v*v + 5.0*v + 140.0 - u + R*I
@@ -8,7 +8,7 @@ left-to-right order so that a float64 run can match another float64 implementati
     paper:     vh = v + half*f(v, u); v* = vh + half*f(vh, u); u* = u + dt*a*(b*v* - u)   (half = 0.5*dt)
     bound:     vh and v* clipped to [-1e5, 1e5] mV as soon as they are computed (the documented bound)
     spike:     s  = v* >= v_pk
-    reset:     v' = c if s else v*;   u' = u* + d if s else u*
+    reset:     v' = c if s else v*;   u' = u* + d if s else u*, clipped to [-1e5, 1e5] mV/ms
 
 Every array (current, state, parameters) is cast to ``dtype`` first, and every constant is a
 ``dtype`` scalar, so a float32 run computes in float32 throughout (NumPy never promotes to float64).
@@ -30,7 +30,7 @@ DEFAULTS = {
     "recovery_update": 2.0,
 }
 
-#: The paper's Fig. 2 neuron classes as (a, b, c, d), and the SPEC's 1000-ms euler spike counts at R·I = 10.
+#: The paper's Fig. 2 neuron classes as (a, b, c, d), and their 1000-ms euler spike counts at R·I = 10 (float64, this simulator).
 FIG2_CLASSES = {
     "RS": (0.02, 0.2, -65.0, 8.0),
     "IB": (0.02, 0.2, -55.0, 4.0),
@@ -70,7 +70,7 @@ def simulate(current, params: dict | None = None, v0=None, u0=None, *, dt=1.0, s
     """Simulate ``T = len(current)`` steps of ``current`` ``[T, *shape]`` (pA).
 
     ``params`` maps Spark field names to floats or arrays broadcastable to ``shape`` (missing fields
-    take SPEC defaults). ``v0``/``u0`` default to the rest state.
+    take Spark's defaults). ``v0``/``u0`` default to the rest state.
     """
     dtype = np.dtype(dtype)
     p = {k: np.asarray(v, dtype) for k, v in {**DEFAULTS, **(params or {})}.items()}
@@ -85,7 +85,7 @@ def simulate(current, params: dict | None = None, v0=None, u0=None, *, dt=1.0, s
         v_star, u_star = _integrate(v, u, i, p, dt, scheme, dtype)
         s = v_star >= p["threshold"]
         v = np.where(s, p["potential_reset"], v_star).astype(dtype)
-        u = np.where(s, u_star + p["recovery_update"], u_star).astype(dtype)
+        u = _confine(np.where(s, u_star + p["recovery_update"], u_star)).astype(dtype)
         for k, val in zip(Run._fields, (s, v, u, v_star)):
             out[k].append(val)
     return Run(*(np.stack(out[k]) if out[k] else np.zeros((0, *shape), dtype) for k in Run._fields))
@@ -96,7 +96,7 @@ def _f(v, u, i, p, k):
     return k[0] * v * v + k[1] * v + k[2] - u + p["resistance"] * i
 
 
-V_LIMIT = 1e5  # mV: the documented bound on v½ and v* (spark_torch.kernel.V_LIMIT), stated independently
+V_LIMIT = 1e5  # the documented bound on v½, v* (mV) and u (mV/ms) (spark_torch.kernel.V_LIMIT), stated independently
 
 
 def _confine(v):

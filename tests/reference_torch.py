@@ -1,6 +1,6 @@
-"""The SPEC §1–2 model in plain, differentiable PyTorch ops: the gradient reference for the op and module.
+"""The Izhikevich (2003) model and its surrogate gradient in plain, differentiable PyTorch ops: the gradient reference for the op and module.
 
-Per step (same left-to-right arithmetic as the SPEC and ``reference_numpy``)::
+Per step (same left-to-right arithmetic as ``reference_numpy``)::
 
     v*, u*   = integrate(v, u, I)                       ("euler" or "izhikevich2003")
     x        = (v* − v_pk) / (v_pk − v_r)
@@ -26,7 +26,7 @@ def _f(v, u, i, p):
     return 0.04 * v * v + 5.0 * v + 140.0 - u + p["resistance"] * i
 
 
-V_LIMIT = 1e5  # mV: the documented bound on v½ and v*
+V_LIMIT = 1e5  # mV (and mV/ms): the documented bound on v½, v* and u
 
 
 def _confine(v):
@@ -66,14 +66,14 @@ def reference_run(current, v0, u0, params: dict, dt=1.0, scheme="euler", spike_g
         sg = spike_grad(x)
         spike = hard.to(x.dtype) + (sg - sg.detach())
         v = torch.where(hard, p["potential_reset"], v_star)
-        u = torch.where(hard, u_star + p["recovery_update"], u_star)
+        u = _confine(torch.where(hard, u_star + p["recovery_update"], u_star))  # the bound on u (mV/ms)
         for k, val in zip(traces, (spike, x, v, u)):
             traces[k].append(val)
     return tuple(torch.stack(traces[k]) for k in traces)
 
 
 def default_params(units=(), dtype=torch.float64, **overrides) -> dict:
-    """SPEC defaults (overridable) as full ``units``-shaped tensors, ready to ``requires_grad_``."""
+    """Spark's defaults (overridable) as full ``units``-shaped tensors, ready to ``requires_grad_``."""
     values = dict(potential_rest=-65.0, potential_reset=-65.0, resistance=0.1, threshold=30.0,
                   recovery_timescale=0.02, recovery_sensitivity=0.2, recovery_update=2.0)
     values.update(overrides)

@@ -1,4 +1,4 @@
-"""Bad input (issue 6, SPEC §5): a catalogue of rejected inputs, plus inputs that must be accepted.
+"""Bad input: a catalogue of rejected inputs, plus inputs that must be accepted.
 
 Every rejected call must
 
@@ -18,6 +18,7 @@ once fixed, at which point the marker should be removed.
 
 from __future__ import annotations
 
+import io
 import itertools
 import re
 import sys
@@ -30,9 +31,11 @@ import torch
 from torch import nn
 
 from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Uniform, bridge, kernel
+from spark_torch.checkpoint import is_unbuilt_entry
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402
+import reference_torch  # noqa: E402
 
 N = 4
 B = 2
@@ -75,7 +78,8 @@ class _TensorSnap(NamedTuple):
 
 def snapshot(layer: nn.Module) -> dict:
     snap = {"built": getattr(layer, "built", None), "units": getattr(layer, "units", None)}
-    for name, t in itertools.chain(layer.named_parameters(), layer.named_buffers()):
+    hidden = [(name, getattr(layer, name)) for name in ("mem", "potential", "recovery")]  # not buffers
+    for name, t in itertools.chain(layer.named_parameters(), layer.named_buffers(), hidden):
         if isinstance(t, nn.parameter.UninitializedTensorMixin):
             snap[name] = "uninitialized"
         else:
@@ -220,14 +224,19 @@ def test_nonfinite_mem_is_rejected(value):
                    ValueError, [r"`mem`", r"nan|inf", r"finite"])
 
 
+def assert_unbuilt(layer: IzhikevichSoma) -> None:
+    """Not built, and every model field still its placeholder (a lazy parameter or an empty buffer)."""
+    assert not layer.built and layer.units is None
+    assert all(is_unbuilt_entry(getattr(layer, name)) for name in IzhikevichSomaConfig.MODEL_FIELDS)
+
+
 @pytest.mark.parametrize("bad_mem", [torch.zeros(B, N + 1), torch.zeros(B, N, dtype=torch.float64)],
                          ids=["wrong-units", "wrong-dtype"])
 def test_rejected_mem_leaves_unbuilt_layer_unbuilt(bad_mem):
     layer = IzhikevichSoma(resistance=10.0)
     with pytest.raises((ValueError, TypeError), match="`mem`"):
         layer(torch.ones(B, N), bad_mem)
-    assert not layer.built and layer.units is None
-    assert isinstance(layer.threshold, nn.parameter.UninitializedTensorMixin)
+    assert_unbuilt(layer)
 
 
 def test_rejected_input_leaves_unbuilt_layer_unbuilt():
@@ -236,7 +245,7 @@ def test_rejected_input_leaves_unbuilt_layer_unbuilt():
         layer = IzhikevichSoma(resistance=10.0)
         with pytest.raises((ValueError, TypeError), match="`cur`"):
             layer(bad)
-        assert not layer.built and isinstance(layer.threshold, nn.parameter.UninitializedTensorMixin)
+        assert_unbuilt(layer)
         layer(torch.ones(B, N))  # and it still builds normally afterwards
         assert layer.units == (N,)
 
@@ -466,7 +475,20 @@ CONSTRUCTION_CASES = [
     ("units negative", lambda: IzhikevichSoma(units=(4, -1)), ValueError, [r"`units`", r"-1", r"positive"]),
     ("learnable names a non-field", lambda: IzhikevichSoma(learnable=("beta",)), ValueError,
      [r"`learnable`", r"beta", r"model fields"]),
-    # snnTorch-only kwargs: rejected, never silently ignored (SPEC §3)
+    ("units a str", lambda: IzhikevichSoma(units="abc"), TypeError, [r"`units`", r"'abc'", r"positive ints"]),
+    ("units a float (not truncated)", lambda: IzhikevichSoma(units=[2.7]), TypeError,
+     [r"`units`", r"2\.7", r"not an int"]),
+    ("threshold beyond the membrane bound", lambda: IzhikevichSoma(threshold=2e5), ValueError,
+     [r"`threshold`", r"200000", r"within ±100000 mV"]),
+    ("potential_reset beyond the bound, per neuron", lambda: IzhikevichSoma(potential_reset=[-65.0, -1e38]), ValueError,
+     [r"`potential_reset`", r"neuron \(1,\)", r"-1e\+38", r"within"]),
+    ("recovery_timescale overflowing float32 at build",
+     lambda: IzhikevichSoma(units=(N,), recovery_timescale=1e300), ValueError,
+     [r"`recovery_timescale`", r"overflows torch\.float32", r"1e\+300"]),
+    ("dt * recovery_timescale overflowing float32",
+     lambda: IzhikevichSoma(units=(N,), dt=1e20, recovery_timescale=1e20), ValueError,
+     [r"`dt \* recovery_timescale`", r"overflows torch\.float32"]),
+    # snnTorch-only kwargs: rejected, never silently ignored (an snnTorch user must not lose a setting unnoticed)
     ("snnTorch beta", lambda: IzhikevichSoma(beta=0.9), TypeError, [r"`beta`", r"0\.9", r"leak"]),
     ("snnTorch learn_beta", lambda: IzhikevichSoma(learn_beta=True), TypeError, [r"`learn_beta`", r"True"]),
     ("snnTorch inhibition", lambda: IzhikevichSoma(inhibition=True), TypeError, [r"`inhibition`", r"True"]),
@@ -501,7 +523,7 @@ def test_rebuild_with_other_units_is_rejected_and_keeps_state():
                    [r"`input_specs`", r"\(5,\)", r"\(4,\)"])
 
 
-# ------------------------------------------------------------------------------------------------ extreme finite input (SPEC §5)
+# ------------------------------------------------------------------------------------------------ extreme finite input
 
 def _all_finite(layer, *tensors):
     return all(bool(torch.isfinite(t).all()) for t in (*tensors, layer.potential, layer.recovery))
@@ -549,3 +571,155 @@ def test_large_negative_input_makes_the_model_fire_spuriously_documented():
     spk, _ = layer(torch.from_numpy(cur).reshape(6, 1, 1))
     np.testing.assert_array_equal(spk.flatten().numpy().astype(bool), r.spikes.flatten())
     assert r.spikes.flatten().tolist() == [False, True, False, True, False, True]
+
+
+# ------------------------------------------------------------------------------------------------ untrusted checkpoints
+# A checkpoint is checked completely before anything is built or copied from it: a refused load raises and
+# leaves the layer as it was (built or not), and no size it names is allocated before its tensors agree.
+
+def _checkpoint(persist_hidden=False):
+    layer = step_layer(learnable=("threshold",))
+    layer.persist_hidden = persist_hidden
+    good_step_call(layer)
+    buf = io.BytesIO()
+    torch.save(layer.state_dict(), buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)  # what a user loads from a file
+
+
+def _set_extra(key, value):
+    def edit(sd):
+        sd["_extra_state"][key] = value
+    return edit
+
+
+def _set_entry(key, value):
+    def edit(sd):
+        sd[key] = value(sd[key]) if callable(value) else value
+    return edit
+
+
+def _drop(key):
+    return lambda sd: sd.pop(key)
+
+
+CHECKPOINT_CASES = [
+    ("units far larger than the tensors", _set_extra("units", [10**9]), ValueError,
+     [r"\(4,\)", r"units( are)? \(1000000000,\)"]),
+    ("units a str", _set_extra("units", "abc"), TypeError, [r"_extra_state\['units'\]", r"'abc'"]),
+    ("units a float", _set_extra("units", [4.0]), TypeError, [r"_extra_state\['units'\]", r"4\.0", r"not an int"]),
+    ("unknown format", _set_extra("format", 99), ValueError, [r"format", r"99"]),
+    ("learnable names a non-field", _set_extra("learnable", ["beta"]), ValueError, [r"learnable", r"beta"]),
+    ("config with an unknown field", _set_extra("config", {"tau": 5.0}), TypeError, [r"unknown field", r"tau"]),
+    ("config dt differs (a valid checkpoint of another layer)", lambda sd: sd["_extra_state"]["config"].update(dt=0.5),
+     ValueError, [r"`dt` = 0\.5", r"`dt` = 1\.0"]),
+    ("NaN threshold", _set_entry("threshold", lambda t: torch.full_like(t, float("nan"))), ValueError,
+     [r"`threshold`", r"NaN"]),
+    ("threshold equal to potential_rest", _set_entry("threshold", lambda t: torch.full_like(t, -65.0)), ValueError,
+     [r"`threshold`", r"> `potential_rest`", r"-65"]),
+    ("potential_reset beyond the membrane bound", _set_entry("potential_reset", lambda t: torch.full_like(t, -1e30)),
+     ValueError, [r"`potential_reset`", r"within"]),
+    ("a field of the wrong shape", _set_entry("resistance", torch.ones(N + 1)), ValueError,
+     [r"`resistance`", r"\(5,\)", r"\(4,\)"]),
+    ("an integer field", _set_entry("resistance", torch.ones(N, dtype=torch.int64)), TypeError,
+     [r"`resistance`", r"int64", r"floating"]),
+    ("a field that is not a tensor", _set_entry("resistance", [10.0] * N), TypeError, [r"`resistance`", r"list"]),
+    ("missing model field", _drop("recovery_update"), ValueError, [r"recovery_update"]),
+    ("missing _extra_state", _drop("_extra_state"), ValueError, [r"_extra_state"]),
+]
+
+
+@pytest.mark.parametrize("case", CHECKPOINT_CASES, ids=[c[0] for c in CHECKPOINT_CASES])
+def test_rejected_checkpoint_changes_nothing(case):
+    _, edit, exc, patterns = case
+    sd = _checkpoint()
+    edit(sd)
+    built, twin = step_layer(learnable=("threshold",)), step_layer(learnable=("threshold",))
+    for l in (built, twin):
+        good_step_call(l)
+    before = snapshot(built)
+    with pytest.raises(exc) as info:
+        built.load_state_dict(sd)
+    for pat in patterns:
+        assert re.search(pat, str(info.value), flags=re.IGNORECASE), f"message lacks {pat!r}: {info.value}"
+    assert_unchanged(built, before)
+    assert_same_outputs(good_step_call(built), good_step_call(twin))
+    unbuilt = IzhikevichSoma(resistance=10.0, learnable=("threshold",))
+    with pytest.raises((ValueError, TypeError)):
+        unbuilt.load_state_dict(sd)
+    assert_unbuilt(unbuilt)
+    if "valid checkpoint" not in case[0]:
+        with pytest.raises(exc):
+            IzhikevichSoma.from_state_dict(sd)
+
+
+def test_checkpoint_naming_a_huge_layer_allocates_nothing():
+    import resource
+
+    sd = _checkpoint()
+    sd["_extra_state"]["units"] = [10**9]
+    for name in IzhikevichSomaConfig.MODEL_FIELDS:  # not even with no tensor to disagree with
+        sd.pop(name)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for load in (IzhikevichSoma.from_state_dict, IzhikevichSoma(resistance=10.0).load_state_dict,
+                 lambda sd: IzhikevichSoma(resistance=10.0).load_state_dict(sd, strict=False)):
+        with pytest.raises(ValueError, match=r"units \(1000000000,\) but holds only|lacks \["):
+            load(sd)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 200_000  # KiB: nothing like 4 GB
+
+
+@pytest.mark.parametrize("edit", [
+    _set_entry("mem", lambda t: t[:, :-1]),
+    _set_entry("recovery", lambda t: torch.full_like(t, float("inf"))),
+    _drop("potential"),
+], ids=["mem of the wrong shape", "Inf recovery", "potential missing"])
+def test_rejected_hidden_state_changes_nothing(edit):
+    sd = _checkpoint(persist_hidden=True)
+    edit(sd)
+    layer, twin = step_layer(learnable=("threshold",)), step_layer(learnable=("threshold",))
+    for l in (layer, twin):
+        l.persist_hidden = True
+        good_step_call(l)
+    before = snapshot(layer)
+    with pytest.raises(ValueError, match=r"hidden state|mem|potential"):
+        layer.load_state_dict(sd)
+    assert_unchanged(layer, before)
+    assert_same_outputs(good_step_call(layer), good_step_call(twin))
+
+
+# ------------------------------------------------------------------------------------------------ configs that pass validation stay finite
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fields", [
+    {"recovery_timescale": 3.0}, {"dt": 150.0}, {"recovery_timescale": 100.0}, {"recovery_update": -1e38},
+    {"recovery_timescale": -5.0}, {"recovery_update": 1e38, "scheme": "izhikevich2003"},
+    {"potential_reset": 9.9e4, "threshold": 1e5},
+], ids=["a=3", "dt=150", "a=100", "d=-1e38", "a=-5", "d=1e38 paper scheme", "reset near the bound"])
+def test_valid_config_gives_finite_state_and_gradients(fields, dtype):
+    """Explicit Euler on u is unstable once dt·a > 2, and a huge |d| pushes u past any float: the bound on u
+    keeps every output, the state and the gradients finite (they were NaN from step ~135 for a = 3)."""
+    layer = IzhikevichSoma(units=(N,), sequence=True, resistance=10.0, learnable=("recovery_timescale",),
+                           **fields).to(dtype)
+    x = torch.ones(300, B, N, dtype=dtype, requires_grad=True)
+    spk, mem = layer(x)
+    (spk.sum() + mem.sum()).backward()
+    assert _all_finite(layer, spk, mem, x.grad, layer.recovery_timescale.grad)
+    assert layer.recovery.abs().max() <= kernel.V_LIMIT
+
+
+def test_bound_on_u_has_the_clamp_gradient():
+    """Inside the bound u's gradient passes unchanged (1), beyond it 0, as torch.clamp's (pure-PyTorch reference)."""
+    layer = IzhikevichSoma(units=(N,), sequence=True, resistance=10.0, recovery_timescale=3.0).double()
+    x = torch.ones(60, B, N, dtype=torch.float64, requires_grad=True)
+    u0 = layer.recovery_sensitivity * layer.potential_rest
+    spk, mem = layer(x)
+    mem.sum().backward()
+    x_ref = x.detach().clone().requires_grad_()
+    params = {n: getattr(layer, n) for n in IzhikevichSomaConfig.MODEL_FIELDS}
+    v0 = layer.potential_rest.expand(B, N)
+    _, _, v_ref, u_ref = reference_torch.reference_run(x_ref, v0, u0.expand(B, N), params, dt=1.0)
+    assert (u_ref.abs() == kernel.V_LIMIT).any()  # the bound is reached in this run
+    ((v_ref - layer.potential_rest) / (layer.threshold - layer.potential_rest)).sum().backward()
+    torch.testing.assert_close(mem, (v_ref - layer.potential_rest) / (layer.threshold - layer.potential_rest),
+                               rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=1e-9, atol=1e-12)

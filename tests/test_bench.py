@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spark_torch import _bench_peers as peers
+from spark_torch.bench import contenders as peers
 from spark_torch import bench
 
 ROOT = Path(__file__).resolve().parent.parent

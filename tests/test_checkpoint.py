@@ -1,4 +1,4 @@
-"""Checkpoint and resume (issue 6): state_dict, save/load, split runs, config JSON round-trip.
+"""Checkpoint and resume: state_dict, save/load, split runs, config JSON round-trip.
 
 What a user expects: ``torch.save(model.state_dict())`` + ``load_state_dict`` restores everything needed
 to continue — learnables, per-neuron constants, the config (dt, scheme, seed, initializers), and, when
@@ -12,12 +12,17 @@ import copy
 import io
 import json
 import pickle
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Normal, Uniform
+
+sys.path.insert(0, str(Path(__file__).parent))
+from reference_torch import reference_run  # noqa: E402
 
 FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 N, B, T = 6, 3, 20
@@ -222,3 +227,90 @@ def test_config_with_skipped_validation_round_trips_through_json():
     cfg = IzhikevichSomaConfig(__skip_validation__=True, threshold=-100.0)
     back = IzhikevichSomaConfig.from_json(cfg.to_json())
     assert back == cfg and back.skip_validation
+
+
+# ------------------------------------------------------------------------------------------------ lazy (unbuilt) layers
+
+@pytest.mark.parametrize("learnable", [(), ("threshold", "recovery_update")], ids=["buffers", "learnable"])
+def test_unbuilt_layer_saves_loads_and_copies_like_lazy_linear(learnable):
+    layer = IzhikevichSoma(_cfg(), learnable=learnable)
+    sd = _roundtrip(layer.state_dict())
+    assert sd["_extra_state"]["units"] is None and set(FIELDS) <= set(sd)
+    twin = IzhikevichSoma(_cfg(), learnable=learnable)
+    twin.load_state_dict(sd)  # unbuilt into unbuilt
+    rebuilt = IzhikevichSoma.from_state_dict(sd)
+    copied = copy.deepcopy(layer)
+    x = _drive((B, N))
+    expected = layer(x)
+    for other in (twin, rebuilt, copied):
+        assert not other.built
+        for got, want in zip(other(x), expected):
+            assert torch.equal(got, want)
+    built = IzhikevichSoma(_cfg(), learnable=learnable)
+    built.load_state_dict(layer.state_dict())  # a built checkpoint into an unbuilt layer builds it
+    assert built.units == (N,) and all(torch.equal(getattr(built, n), getattr(layer, n)) for n in FIELDS)
+
+
+def test_readme_quickstart_sequential_saves_and_copies_before_its_first_call():
+    net = torch.nn.Sequential(torch.nn.Linear(8, 16), IzhikevichSoma(resistance=10.0, init_hidden=True),
+                              torch.nn.Linear(16, 4), IzhikevichSoma(resistance=10.0, init_hidden=True))
+    copy.deepcopy(net)
+    twin = torch.nn.Sequential(torch.nn.Linear(8, 16), IzhikevichSoma(resistance=10.0, init_hidden=True),
+                               torch.nn.Linear(16, 4), IzhikevichSoma(resistance=10.0, init_hidden=True))
+    twin.load_state_dict(_roundtrip(net.state_dict()))
+    assert torch.equal(twin[0].weight, net[0].weight) and not twin[1].built
+
+
+def test_unbuilt_checkpoint_into_a_built_layer_is_refused_unchanged():
+    layer = IzhikevichSoma(_cfg(), units=(N,))
+    before = {n: getattr(layer, n).clone() for n in FIELDS}
+    with pytest.raises(ValueError, match=r"units None.*built with units \(6,\).*before its layer was built"):
+        layer.load_state_dict(IzhikevichSoma(_cfg()).state_dict())
+    assert all(torch.equal(getattr(layer, n), before[n]) for n in FIELDS)
+
+
+# ------------------------------------------------------------------------------------------------ state carried through conversions and resets
+
+@pytest.mark.parametrize("convert", ["double", "to", "float-double"])
+def test_dtype_conversion_between_steps_keeps_the_recovery_variable(convert):
+    """After ``.double()`` / ``.to(...)`` the layer continues from its converted (v, u), like the pure-PyTorch
+    reference run from that state; a foreign ``mem`` would restart ``u`` at ``b·v`` instead."""
+    layer = IzhikevichSoma(_cfg(), units=(N,), init_hidden=True)
+    x = _drive((T + 1, B, N))
+    for t in range(T):
+        layer(x[t])
+    convert_fn = {"double": lambda m: m.double(), "to": lambda m: m.to(torch.float64),
+                  "float-double": lambda m: m.float().double()}[convert]
+    layer = convert_fn(layer)
+    v, u = layer.potential.clone(), layer.recovery.clone()
+    assert v.dtype == torch.float64 and not torch.equal(u, layer.recovery_sensitivity * v)  # mid-run, not rest
+    layer(x[T].double())
+    params = {n: getattr(layer, n) for n in FIELDS}
+    _, _, v_ref, u_ref = reference_run(x[T:].double(), v, u, params, dt=layer.config.dt, scheme=layer.config.scheme)
+    torch.testing.assert_close(layer.potential, v_ref[-1], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(layer.recovery, u_ref[-1], rtol=1e-12, atol=1e-12)
+
+
+def test_checkpoint_after_snntorch_reset_restores_a_layer_that_starts_from_rest():
+    from snntorch import utils
+
+    layer = IzhikevichSoma(_cfg(), units=(N,), init_hidden=True)
+    layer.persist_hidden = True
+    x = _drive((T, B, N))
+    for t in range(T):
+        layer(x[t])
+    net = torch.nn.Sequential(layer)
+    utils.reset(net)  # zeroes mem only; the stored v, u are stale
+    restored = IzhikevichSoma.from_state_dict(_roundtrip(layer.state_dict()), init_hidden=True)
+    for t in range(T):
+        assert torch.equal(restored(x[t]), layer(x[t])), t
+    assert torch.equal(restored.recovery, layer.recovery)
+
+
+def test_from_state_dict_reads_a_single_learnable_name_and_restores_learn_graded_spikes_factor():
+    layer = IzhikevichSoma(_cfg(), units=(N,), learnable=("threshold",), learn_graded_spikes_factor=True)
+    sd = _roundtrip(layer.state_dict())
+    sd["_extra_state"]["learnable"] = "threshold"  # a str is one name, not five letters
+    restored = IzhikevichSoma.from_state_dict(sd)
+    assert restored.learnable == ("threshold",)
+    assert {n for n, _ in restored.named_parameters()} == {"threshold", "graded_spikes_factor"}

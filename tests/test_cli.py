@@ -70,6 +70,6 @@ def test_patterns_through_the_module(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "patterns.png").read_bytes()[:4] == b"\x89PNG"
     summary = json.loads((tmp_path / "patterns.json").read_text())
-    assert summary["spike_counts"]["RS"] == 22  # SPEC §1: 100 pA, 1000 ms, dt = 1
+    assert summary["spike_counts"]["RS"] == 22  # the paper's RS neuron: 100 pA, 1000 ms, dt = 1
     assert set(summary["spike_counts"]) == {"RS", "IB", "CH", "FS", "TC", "RZ", "LTS"}
     assert "RS 22" in proc.stdout

@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 
-from spark_torch.config import SCHEMES, IzhikevichSomaConfig as Config
+from spark_torch.config import SCHEMES, V_LIMIT, IzhikevichSomaConfig as Config
 from spark_torch.initializers import Constant, Normal, Uniform
 
 MODEL = Config.MODEL_FIELDS
 
-# SPEC §1 table: field -> (symbol, unit, default)
+# The model's fields: field -> (symbol, unit, default), Spark's names and defaults
 SPEC_TABLE = {
     "potential_rest": ("v_r", "mV", -65.0),
     "potential_reset": ("c", "mV", -65.0),
@@ -439,9 +439,10 @@ def test_json_round_trip_property():
     from hypothesis import given, settings, strategies as st
 
     finite = st.floats(-1e6, 1e6, allow_nan=False)
+    membrane = st.floats(-V_LIMIT, V_LIMIT - 1e3, allow_nan=False)  # valid levels: within ±V_LIMIT mV
 
     @settings(max_examples=50, deadline=None)
-    @given(rest=finite, gap=st.floats(1e-3, 1e3), r=st.floats(0, 1e3),
+    @given(rest=membrane, gap=st.floats(1e-3, 1e3), r=st.floats(0, 1e3),
            d=st.lists(finite, min_size=1, max_size=4), seed=st.integers(0, 2**63))
     def check(rest, gap, r, d, seed):
         cfg = Config(potential_rest=rest, potential_reset=rest, threshold=rest + gap,

@@ -1,4 +1,7 @@
-"""spark_torch.bridge and the custom ops in spark_torch.ops: zero-copy, values, gradients, torch integration."""
+"""spark_torch.bridge and the custom ops in spark_torch.ops: zero-copy, values, gradients, torch integration.
+
+Tests of the ops take the ``kernel_backend`` fixture (tests/conftest.py): each runs on the XLA loop and on
+the native kernel (where it builds)."""
 
 import sys
 from pathlib import Path
@@ -120,7 +123,7 @@ def test_float64_outside_precision_scope_raises_instead_of_downcasting():
         assert bridge.to_jax(torch.zeros(8, dtype=torch.float64)).dtype == jnp.float64
 
 
-def test_float64_op_is_float64_and_matches_numpy():
+def test_float64_op_is_float64_and_matches_numpy(kernel_backend):
     current, v0, u0, params = make_inputs(T=40)  # short: the spike/reset map amplifies 1-ulp FMA differences
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     assert all(o.dtype == torch.float64 for o in (spikes, x, v, u))
@@ -134,7 +137,7 @@ def test_float64_op_is_float64_and_matches_numpy():
                                / (params["threshold"] - params["potential_rest"]).numpy(), rtol=1e-12, atol=1e-12)
 
 
-def test_op_hot_path_makes_no_copies():
+def test_op_hot_path_makes_no_copies(kernel_backend):
     current, v0, u0, params = make_inputs(requires_grad=True)
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     w = torch.randn(4, *x.shape, dtype=x.dtype)
@@ -146,7 +149,7 @@ def test_op_hot_path_makes_no_copies():
 
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_op_outputs_match_references(scheme, dtype):
+def test_op_outputs_match_references(kernel_backend, scheme, dtype):
     current, v0, u0, params = make_inputs(T=30, dtype=dtype)
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params, 1.0, scheme)
     assert spikes.shape == x.shape == v.shape == u.shape == mem.shape == current.shape
@@ -168,7 +171,7 @@ def test_op_outputs_match_references(scheme, dtype):
     np.testing.assert_allclose(u.numpy(), npy.u, **tol)
 
 
-def test_op_worked_example_float32():
+def test_op_worked_example_float32(kernel_backend):
     current = torch.full((5, 1, 1), 100.0)
     params = {k: torch.tensor([v], dtype=torch.float32) for k, v in ref_np.DEFAULTS.items()}
     spikes, x, v, u, mem, _ = run_op(current, torch.full((1, 1), -65.0), torch.full((1, 1), -13.0), params)
@@ -196,7 +199,7 @@ def _op_with_surrogate(spike_grad):
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("spike_grad", [snntorch.surrogate.atan(alpha=2.0), snntorch.surrogate.fast_sigmoid(slope=5.0)],
                          ids=["atan", "fast_sigmoid"])
-def test_op_gradients_match_reference_torch(scheme, spike_grad):
+def test_op_gradients_match_reference_torch(kernel_backend, scheme, spike_grad):
     current, v0, u0, params = make_inputs(T=25, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
     w = torch.randn(5, *current.shape, dtype=current.dtype, generator=torch.Generator().manual_seed(3))
@@ -217,7 +220,7 @@ def test_op_gradients_match_reference_torch(scheme, spike_grad):
 
 
 @pytest.mark.parametrize("used", ["x", "v", "u", "mem"])
-def test_op_gradient_from_a_single_output(used):
+def test_op_gradient_from_a_single_output(kernel_backend, used):
     """Unused outputs send no gradient (None cotangents); the result still equals the reference."""
     current, v0, u0, params = make_inputs(T=15, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
@@ -231,7 +234,7 @@ def test_op_gradient_from_a_single_output(used):
 
 
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_gradcheck_in_smooth_region(scheme):
+def test_gradcheck_in_smooth_region(kernel_backend, scheme):
     current, v0, u0, params = make_inputs(T=5, B=2, low=0.0, high=30.0)
     v0, u0 = torch.full_like(v0, -65.0), torch.full_like(u0, -13.0)
     inputs = [t.clone().requires_grad_() for t in (current, v0, u0, *params.values())]
@@ -248,7 +251,7 @@ def test_gradcheck_in_smooth_region(scheme):
 # ---- (d) opcheck ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck_forward(dtype):
+def test_opcheck_forward(kernel_backend, dtype):
     current, v0, u0, params = make_inputs(T=6, B=2, dtype=dtype, requires_grad=True)
     plist = [params[k] for k in PARAM_NAMES]
     torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "izhikevich2003", "", 0.0, False))
@@ -256,7 +259,7 @@ def test_opcheck_forward(dtype):
     torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0, True))
 
 
-def test_opcheck_backward():
+def test_opcheck_backward(kernel_backend):
     current, v0, u0, params = make_inputs(T=6, B=2)
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
@@ -276,7 +279,7 @@ def _compiled_target(current, v0, u0, *p):
 # which is where a custom op can break. The default (inductor) backend is exercised on the module in
 # tests/test_snntorch_compat.py::test_compile_fullgraph_matches_eager_with_no_graph_breaks.
 @pytest.mark.parametrize("backend", ["aot_eager"])
-def test_torch_compile_fullgraph_matches_eager(backend):
+def test_torch_compile_fullgraph_matches_eager(kernel_backend, backend):
     current, v0, u0, params = make_inputs(T=12, B=2, dtype=torch.float32, requires_grad=True)
     leaves = [current, v0, u0, *params.values()]
     spikes, loss = _compiled_target(*leaves)
@@ -294,7 +297,7 @@ def test_torch_compile_fullgraph_matches_eager(backend):
 # ---- (f) in-place edits between forward and backward ---------------------------------------------
 
 @pytest.mark.parametrize("which", ["current", "v0", "recovery_sensitivity"])
-def test_inplace_edit_before_backward_raises_like_native_torch(which):
+def test_inplace_edit_before_backward_raises_like_native_torch(kernel_backend, which):
     current, v0, u0, params = make_inputs(T=8, requires_grad=True)
 
     def attempt(runner):
@@ -314,7 +317,7 @@ def test_inplace_edit_before_backward_raises_like_native_torch(which):
 
 # ---- (g) no recompilation per call -------------------------------------------------------------
 
-def test_no_recompilation_per_call():
+def test_no_recompilation_per_call(kernel_backend):
     def fwd_bwd(seed, loss_kind):
         current, v0, u0, params = make_inputs(T=17, B=2, dtype=torch.float32, seed=seed, requires_grad=True)
         spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
@@ -330,7 +333,7 @@ def test_no_recompilation_per_call():
     assert (kernel.simulate_forward._cache_size(), kernel.simulate_backward._cache_size()) == sizes
 
 
-def test_empty_sequence_backward():
+def test_empty_sequence_backward(kernel_backend):
     """T = 0 at the op level: no outputs, the state's gradient passes straight through."""
     current, v0, u0, params = make_inputs(T=0, requires_grad=True)
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)

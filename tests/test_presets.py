@@ -6,16 +6,8 @@ import pytest
 from spark_torch.config import IzhikevichSomaConfig as Config
 from spark_torch.presets import CITATION, PRESETS, PresetInfo, heterogeneous_preset, preset
 
-# Izhikevich (2003), Fig. 2: (a, b, c, d)
-PAPER = {
-    "RS": (0.02, 0.2, -65.0, 8.0),
-    "IB": (0.02, 0.2, -55.0, 4.0),
-    "CH": (0.02, 0.2, -50.0, 2.0),
-    "FS": (0.1, 0.2, -65.0, 2.0),
-    "TC": (0.02, 0.25, -65.0, 0.05),
-    "RZ": (0.1, 0.26, -65.0, 2.0),
-    "LTS": (0.02, 0.25, -65.0, 2.0),
-}
+from reference_numpy import FIG2_CLASSES as PAPER  # Izhikevich (2003), Fig. 2: (a, b, c, d)
+
 LONG = {"RS": "regular spiking", "IB": "intrinsically bursting", "CH": "chattering",
         "FS": "fast spiking", "TC": "thalamo-cortical", "RZ": "resonator",
         "LTS": "low-threshold spiking"}

@@ -1,4 +1,4 @@
-"""Processes (issue 6, SPEC §4): DistributedDataParallel (gloo, 2 processes) and DataLoader workers.
+"""Processes: DistributedDataParallel (gloo, 2 processes) and DataLoader workers.
 
 * DDP: a small net (Linear -> IzhikevichSoma(sequence=True, learnable params) -> readout) trained for 3
   SGD steps in 2 processes, each on half the batch, must end with the parameters of a 1-process run on
@@ -131,7 +131,7 @@ def test_ddp_two_processes_match_one_process_full_batch(ddp_results):
 
 
 def test_ddp_parameters_bit_identical_to_one_process(ddp_results):
-    """BRIDGE_NOTES #12 reports bit-identity. Here (3 steps, lr 0.5) fc.weight, fc.bias and
+    """Bit-identity with one process was once observed. Here (3 steps, lr 0.5) fc.weight, fc.bias and
     soma.recovery_timescale differ by <= 5e-7: DDP averages two half-batch gradients, the 1-process run
     sums the full batch — a different float32 summation order, not a library defect. Reported as xfail
     (non-strict) when it happens; the tolerance test above is the contract."""
@@ -158,11 +158,9 @@ def test_ddp_step_loop_without_buffer_broadcast_keeps_each_rank_state(ddp_result
 
 
 def test_ddp_step_loop_with_default_buffer_broadcast_keeps_each_rank_state(ddp_results):
-    """The hidden state (mem, potential, recovery) is registered as buffers, and DDP's default
-    broadcast_buffers=True broadcasts rank 0's buffers at every forward. It does NOT clobber rank 1's
-    neurons today only because DDP captured the buffer *objects* at construction (the empty placeholders)
-    and the layer assigns fresh tensors each call. If the layer ever updates its hidden state in place,
-    this test catches the resulting cross-rank corruption."""
+    """DDP's default broadcast_buffers=True broadcasts rank 0's buffers at every forward. The hidden state
+    (mem, potential, recovery) is not a module buffer (spark_torch.state), so each rank keeps its own
+    neurons; if it ever became one, this test catches the resulting cross-rank corruption."""
     x, _ = _data()
     for rank in range(2):
         shard = slice(rank * B // 2, (rank + 1) * B // 2)
@@ -250,3 +248,38 @@ def test_dataloader_fork_after_jax_ran_in_parent():
     ok = proc.returncode == 0 and "FORK-OK" in out
     clear_error = proc.returncode != 0 and "spawn" in err and "Traceback" in err
     assert ok or clear_error, err[-2000:]
+
+
+FORK_AFTER_IMPORT_SCRIPT = r"""
+import os, torch
+import spark_torch
+from spark_torch import IzhikevichSoma
+
+def run():
+    spk, mem = IzhikevichSoma(units=(3,), resistance=10.0, sequence=True)(torch.full((30, 2, 3), 10.0))
+    return f"spikes={int(spk.sum())} mem={mem.sum().item()!r}"
+
+pid = os.fork()  # JAX is imported but has not started: the child may use it
+if pid == 0:
+    print("CHILD", run(), flush=True)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+print("CHILD-EXIT", os.waitstatus_to_exitcode(status))
+print("PARENT", run())
+"""
+
+
+def test_fork_after_import_runs_the_layer_in_the_child():
+    """Importing spark_torch starts no JAX backend, so a child fork()-ed right after the import computes."""
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning", "-c", FORK_AFTER_IMPORT_SCRIPT],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        pytest.fail("a layer call in a child fork()-ed after `import spark_torch` hung")
+    assert "CHILD-EXIT 0" in out, out + err[-2000:]
+    child, parent = (line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(("CHILD ", "PARENT ")))
+    assert child == parent and "spikes=0 " not in child

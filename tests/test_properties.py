@@ -2,7 +2,9 @@
 
 Shapes are drawn from small fixed sets so that the number of JAX compilations stays bounded
 (every new ``[T, B, N]`` compiles once); examples are few (``max_examples`` <= 25) and the whole file
-runs in well under a minute.
+runs in well under a minute per backend. Properties of the simulation take the ``kernel_backend``
+fixture (tests/conftest.py): they hold on the XLA loop and on the native kernel alike. The fixture
+selects the backend for all of a test's examples, hence ``HealthCheck.function_scoped_fixture``.
 """
 
 from __future__ import annotations
@@ -26,7 +28,9 @@ DTYPES = {"float32": torch.float32, "float64": torch.float64}
 MODERATE_DRIVE = 1e3
 
 SETTINGS = settings(max_examples=20, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                                           HealthCheck.function_scoped_fixture])
+FEW = settings(SETTINGS, max_examples=10)
 
 units_st = st.sampled_from([(3,), (5,), (2, 3)])
 batch_st = st.sampled_from([1, 2])
@@ -103,14 +107,14 @@ def _check_no_nan(cfg, current, dtype_name):
 
 @SETTINGS
 @given(case(max_log10=6.0, max_drive=MODERATE_DRIVE))
-def test_no_nan_moderate_drive(c):
+def test_no_nan_moderate_drive(kernel_backend, c):
     """Both schemes, |R·I| up to MODERATE_DRIVE mV/ms (the paper's drive is 10): checked for real."""
     _check_no_nan(*c)
 
 
 @SETTINGS
 @given(case(max_log10=30.0, schemes=("euler",)))
-def test_no_nan_euler_large_finite_inputs_up_to_1e30(c):
+def test_no_nan_euler_large_finite_inputs_up_to_1e30(kernel_backend, c):
     """Euler, |I| up to 1e30 pA: the quadratic overflows to +Inf, which the spike test turns into a reset,
     and u only sees the OLD (post-reset) v, so nothing runs away: no NaN today (checked for real)."""
     _check_no_nan(*c)
@@ -120,17 +124,17 @@ _PULSE = np.full((12, 1, 1), 100.0)
 _PULSE[0] = -1e6  # one 1-ms pulse of -1 µA, then the paper's ordinary drive
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+@FEW
 @example((dict(resistance=0.1, scheme="izhikevich2003"), _PULSE, "float32"))
 @given(case(max_log10=8.0, schemes=("izhikevich2003",)))
-def test_no_nan_izhikevich2003_strong_pulses(c):
+def test_no_nan_izhikevich2003_strong_pulses(kernel_backend, c):
     _check_no_nan(*c)
 
 
-@settings(max_examples=10, deadline=None, derandomize=True)
+@FEW
 @example((dict(resistance=10.0), np.full((3, 1, 3), -3.0e38), "float32"))
 @given(case(max_log10=38.0))
-def test_no_nan_extreme_finite_inputs_up_to_dtype_max(c):
+def test_no_nan_extreme_finite_inputs_up_to_dtype_max(kernel_backend, c):
     cfg, current, dtype_name = c
     limit = np.finfo(np.float32).max  # keep the float32 input finite
     _check_no_nan(cfg, np.clip(current, -limit, limit), dtype_name)
@@ -173,7 +177,7 @@ _ULP_CASE = (
 @SETTINGS
 @example(_ULP_CASE)
 @given(case(max_log10=3.0))
-def test_sequence_call_equals_step_loop_bitwise(c):
+def test_sequence_call_equals_step_loop_bitwise(kernel_backend, c):
     for a, b in _seq_and_loop(c):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
@@ -181,7 +185,7 @@ def test_sequence_call_equals_step_loop_bitwise(c):
 @SETTINGS
 @example(_ULP_CASE)
 @given(case(max_log10=3.0))
-def test_sequence_call_equals_step_loop_to_rounding(c):
+def test_sequence_call_equals_step_loop_to_rounding(kernel_backend, c):
     """What holds today: identical spikes and state equal to a few ulp over these short runs."""
     tol = dict(rtol=1e-5, atol=1e-5) if c[2] == "float32" else dict(rtol=1e-12, atol=1e-12)
     (spk_seq, spk_loop), *rest = _seq_and_loop(c)
@@ -194,7 +198,7 @@ def test_sequence_call_equals_step_loop_to_rounding(c):
 
 @SETTINGS
 @given(case(max_log10=3.0), st.sampled_from(["step", "sequence-init-hidden"]))
-def test_reset_then_rerun_equals_first_run(c, mode):
+def test_reset_then_rerun_equals_first_run(kernel_backend, c, mode):
     cfg, current, dtype_name = c
     dtype = DTYPES[dtype_name]
     units = current.shape[2:]
@@ -269,7 +273,7 @@ def _params_dict(layer):
 
 @SETTINGS
 @given(case(max_log10=3.0))
-def test_spikes_exactly_where_v_star_reaches_threshold(c):
+def test_spikes_exactly_where_v_star_reaches_threshold(kernel_backend, c):
     """Per step, from the layer's own exact pre-step state (``potential``, ``recovery`` of a step-mode
     layer), the float64 NumPy reference integrates one step to v*; the layer must spike iff
     v* >= v_pk (ties within rounding excepted), and its post-step state must be the reference's.

@@ -1,8 +1,8 @@
-"""Soak (issue 6): many forward+backward calls — memory flat, no recompilation after warm-up — and the
+"""Soak: many forward+backward calls — memory flat, no recompilation after warm-up — and the
 number of compilations caused by many different sequence lengths.
 
 Measured on this machine (2 cores, torch 2.13 CPU, jax 0.10.2): one call ([T=10, B=4, N=32] sequence,
-learnable threshold, forward + backward) takes ~1.1 ms, so the issue's full 10,000 calls run in ~12 s.
+learnable threshold, forward + backward) takes ~1.1 ms, so the full 10,000 calls run in ~12 s.
 Each new loop buffer length costs one forward + one backward compilation (~0.4 s together here); the
 buffers are exactly T long for the first ``ops.MAX_EXACT_LENGTHS`` lengths, powers of two after that.
 """
@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from spark_torch import IzhikevichSoma, bridge, kernel, ops
+from spark_torch.config import SCHEMES
 
 N_CALLS = 10_000
 WARMUP = 200
@@ -135,7 +136,7 @@ def _run_with_grads(x, **kw):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 def test_padded_buffer_gives_bit_identical_results(monkeypatch, dtype, scheme):
     """A length run in a padded power-of-two buffer equals the same length run exactly, bit for bit:
     spikes, membranes, final state and all gradients (the loop body does not depend on the buffer)."""

@@ -8,6 +8,7 @@ import torch
 from torch.testing import assert_close
 
 from spark_torch import IzhikevichSoma
+from spark_torch.config import SCHEMES
 from spark_torch.surrogate import fused_surrogate
 
 from reference_torch import PARAM_NAMES, reference_run
@@ -51,7 +52,7 @@ def test_recognises_exactly_the_fusable_builtins():
     assert IzhikevichSoma(fuse_surrogate=False)._fused_surrogate() is None
 
 
-@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+@pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("name", list(FACTORIES))
 def test_fused_gradient_equals_formula_reference(name, scheme):
     factory, kw, param = FACTORIES[name]

@@ -15,7 +15,8 @@ from torch import nn
 
 from spark_torch import IzhikevichSoma
 from spark_torch.training import (DigitsData, LoopNet, TrainConfig, build_network, load_digits_data,
-                                  plot_training_curves, rate_encode, run_network, simulate_presets, train)
+                                  plot_training_curves, rate_encode, run_network, train)
+from spark_torch.patterns import simulate_presets
 
 BUDGET = {"izhikevich": dict(epochs=4, num_steps=10), "leaky": dict(epochs=2, num_steps=10)}
 MIN_ACCURACY = {"izhikevich": 0.60, "leaky": 0.80}
@@ -132,9 +133,9 @@ def test_training_curves_png(results, tmp_path):
 
 def test_rs_preset_trace_in_mv():
     (rs,) = simulate_presets(["RS"])
-    assert rs.spike_count == 22  # SPEC §1: RS at 100 pA, 1000 ms, dt = 1
+    assert rs.spike_count == 22  # RS at 100 pA, 1000 ms, dt = 1 (reference_numpy.FIG2_COUNTS)
     assert rs.time_ms[-1] == 1000.0 and rs.v_mV.shape == (1001,)
     assert rs.v_mV[0] == -65.0
-    np.testing.assert_allclose(rs.v_mV[1:4], [-58.0, -50.44, -37.900256], rtol=1e-9)  # SPEC worked example
+    np.testing.assert_allclose(rs.v_mV[1:4], [-58.0, -50.44, -37.900256], rtol=1e-9)  # the worked example of tests/test_kernel.py
     assert rs.spike_times_ms[0] == 5.0  # the spike in step index 4 ends at t = 5 ms
     assert rs.v_mV.max() < 30.0 and rs.v_mV[5] == -65.0  # post-reset state: v -> c after the spike

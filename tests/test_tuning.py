@@ -1,5 +1,6 @@
-"""spark_torch.tuning: glibc keeps freed memory mapped after `import spark_torch` (fewer page faults),
-unless the environment opts out; the explicit setters validate their argument.
+"""spark_torch.tuning: `import spark_torch` leaves glibc's allocator and the environment alone (but for two
+documented defaults); a program that opts in keeps freed memory mapped (fewer page faults), unless the
+environment opts out; the explicit setters validate their argument.
 
 Each check runs in a child process: the settings are process-wide and must not leak into other tests.
 """
@@ -20,9 +21,12 @@ GLIBC = ctypes.util.find_library("c") is not None and os.path.exists("/proc/self
 # the allocator settled (glibc's aligned allocations fragment the heap for the first few rounds) and the
 # resident set after the frees (and after release_freed_memory()).
 _PROBE = r"""
-import json, resource, threading
+import json, resource, sys, threading
 import spark_torch, torch
 from spark_torch import tuning
+
+if sys.argv[1:] == ["opt-in"]:
+    tuning.keep_freed_memory_by_default()  # what the spark-torch command line does
 
 def rss():
     for line in open("/proc/self/status"):
@@ -60,34 +64,64 @@ print(json.dumps({"threshold": tuning.kept_freed_memory_threshold(), "faults": f
 """
 
 
-def _probe(**env):
+def _probe(*args, **env):
     clean = {k: v for k, v in os.environ.items() if k not in GLIBC_MALLOC_ENV and k != KEEP_FREED_MEMORY_ENV}
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+    out = subprocess.run([sys.executable, "-c", _PROBE, *args], capture_output=True, text=True, check=True,
                          env={**clean, **env}).stdout
     return json.loads(out.strip().splitlines()[-1])
 
 
+def _assert_glibc_defaults(probe):
+    assert probe["threshold"] is None
+    assert probe["faults"] > 6 * 16000  # every page of each fresh 64 MiB block faulted in again
+    assert probe["kept_bytes"] < 16 << 20
+    assert probe["thread_faults"] > 6 * 32000
+
+
 @pytest.mark.skipif(not GLIBC, reason="glibc and /proc only")
-def test_import_keeps_freed_memory_mapped_so_reuse_costs_no_page_faults():
-    default = _probe()
-    assert default["threshold"] == 1 << 30
+def test_import_leaves_the_allocator_alone():
+    """A library import must not change how the host program allocates memory."""
+    _assert_glibc_defaults(_probe())
+
+
+@pytest.mark.skipif(not GLIBC, reason="glibc and /proc only")
+def test_opting_in_keeps_freed_memory_mapped_so_reuse_costs_no_page_faults():
+    opted_in = _probe("opt-in")
+    assert opted_in["threshold"] == 1 << 30
     # 6 x 64 MiB is 98,304 pages: most rounds reused the freed block instead of faulting pages in again
     # (an aligned block sometimes lands in fresh heap while freed ones are still coalescing).
-    assert default["faults"] < 3 * 16384
-    assert default["kept_bytes"] > 48 << 20  # the freed block stayed resident
-    assert default["after_release"] < 16 << 20  # ... until release_freed_memory()
+    assert opted_in["faults"] < 3 * 16384
+    assert opted_in["kept_bytes"] > 48 << 20  # the freed block stayed resident
+    assert opted_in["after_release"] < 16 << 20  # ... until release_freed_memory()
     # blocks allocated on other threads (JAX's outputs) come from the same heap: 6 x 128 MiB reused
-    assert default["thread_faults"] < 3 * 32768
+    assert opted_in["thread_faults"] < 3 * 32768
 
 
 @pytest.mark.skipif(not GLIBC, reason="glibc and /proc only")
-@pytest.mark.parametrize("env", [{KEEP_FREED_MEMORY_ENV: "0"}, {"MALLOC_MMAP_THRESHOLD_": "131072"}])
-def test_environment_opts_out_of_the_import_time_setting(env):
-    opted_out = _probe(**env)
-    assert opted_out["threshold"] is None
-    assert opted_out["faults"] > 6 * 16000  # every page of each fresh 64 MiB block faulted in again
-    assert opted_out["kept_bytes"] < 16 << 20
-    assert opted_out["thread_faults"] > 6 * 32000
+@pytest.mark.parametrize("env", [{KEEP_FREED_MEMORY_ENV: "0"}, {KEEP_FREED_MEMORY_ENV: "false"},
+                                 {KEEP_FREED_MEMORY_ENV: " Off "}, {"MALLOC_MMAP_THRESHOLD_": "131072"}])
+def test_environment_opts_out_of_the_command_line_setting(env):
+    _assert_glibc_defaults(_probe("opt-in", **env))
+
+
+_ENVIRONMENT_PROBE = r"""
+import json, os, sys
+before = dict(os.environ)
+import spark_torch
+from spark_torch import IzhikevichSoma
+import torch
+IzhikevichSoma(units=(3,))(torch.ones(2, 3))
+after = dict(os.environ)
+print(json.dumps({k: [before.get(k), after.get(k)] for k in set(before) | set(after) if before.get(k) != after.get(k)}))
+"""
+
+
+def test_import_changes_no_environment_variable_but_the_documented_defaults():
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "XLA_PYTHON_CLIENT_PREALLOCATE")}
+    out = subprocess.run([sys.executable, "-c", _ENVIRONMENT_PROBE], env=env, capture_output=True, text=True,
+                         check=True, timeout=300).stdout
+    changed = json.loads(out.strip().splitlines()[-1])
+    assert changed == {"OMP_WAIT_POLICY": [None, "PASSIVE"], "XLA_PYTHON_CLIENT_PREALLOCATE": [None, "false"]}
 
 
 def test_keep_freed_memory_mapped_reports_success_on_glibc():

@@ -1,4 +1,4 @@
-r"""Side-by-side benchmark of trainable Izhikevich layers (issue 4): ``python -m spark_torch.bench``.
+r"""Side-by-side benchmark of trainable Izhikevich layers: ``python -m spark_torch.bench``.
 
 On the CPU by default; ``--device cuda`` puts the input on the GPU and runs every contender that can
 run there (the layer, the kernel called directly on JAX's GPU device, the PyTorch loops, snnTorch,
@@ -16,7 +16,7 @@ compile included, reported separately) and ``--warmup`` more times (excluded), t
 interleaved rounds (one call of each contender per round, rotating the order). Reported: median,
 IQR and min/max in ms. A contender whose calls are slow gets fewer rounds (``--budget-s`` per size
 and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
-float32 may differ by rounding (SPEC §1: ±2 per 1000 ms), so a neuron "disagrees" when it is off by
+float32 may differ by rounding (±2 spikes per 1000 ms), so a neuron "disagrees" when it is off by
 more than ``max(2, 2·T/1000)`` spikes, and a contender is flagged when more than 1 % of neurons do.
 
 Peak extra memory of one forward+backward is measured per contender in a fresh subprocess
@@ -44,8 +44,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import _bench_peers as peers
-from .tuning import kept_freed_memory_threshold
+from . import contenders as peers
+from ..tuning import keep_freed_memory_by_default, kept_freed_memory_threshold
 
 LEVEL, NOISE = 11.385, 2.0  # calibrate(): 34.0 Hz over T=100 (B=16, N=128, seed 0)
 SIZES = [(100, 32, 256), (100, 128, 1024), (500, 16, 128), (50, 256, 4096)]
@@ -164,7 +164,7 @@ def _time_size(size, contenders, args, report) -> dict:
     if args.threads and "spark_seq" in active and not cur.is_cuda:
         rec["threads"] = _thread_check(active, args)
     if args.profile and "spark_seq" in active and not cur.is_cuda:
-        from ._bench_report import profile_spark
+        from .report import profile_spark
         rec["profile"] = profile_spark(active["spark_seq"], active.get("jax_direct"))
     return rec
 
@@ -386,11 +386,12 @@ def main(argv=None) -> dict:
     """CLI entry (also ``spark_torch.cli bench``): runs, prints the tables, writes ``--out``; returns the results."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
+    keep_freed_memory_by_default()  # measured with the allocator setting (spark_torch.tuning); env opts out
     if args.memprobe:
         res = _memprobe_main(args.memprobe, tuple(int(v) for v in args.size.split("x")), args.loss)
         print(json.dumps(res))
         return res
-    from ._bench_report import format_report, plot
+    from .report import format_report, plot
     results = run(args, report=lambda s: print(s, flush=True))
     text = format_report(results)
     print(text)
@@ -405,7 +406,3 @@ def main(argv=None) -> dict:
             except ImportError as e:
                 print(f"no plot: {e}")
     return results
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,205 @@
+// The Izhikevich (2003) neuron, one time step over a block of neurons: forward, reverse (VJP), and
+// the recomputation of the recovery variable from a checkpoint. No XLA types here; see
+// izhikevich_ffi.cc for the loops over time, the blocking and the threads.
+//
+// Per neuron, membrane v (mV), recovery u (mV/ms), input I (pA), step dt (ms); every operation is
+// evaluated in the element type T, left to right, exactly as spark_torch/kernel.py writes it:
+//
+//   f(v, u, I) = 0.04*v*v + 5.0*v + 140.0 - u + R*I
+//   euler:          v* = clip(v + dt*f(v, u, I));                      u* = u + dt*a*(b*v - u)
+//   izhikevich2003: v½ = clip(v + h*f(v, u, I)); v* = clip(v½ + h*f(v½, u, I)); u* = u + dt*a*(b*v* - u)
+//                   (h = 0.5*dt; clip confines to [-1e5, 1e5], derivative 1 on it, 0 beyond)
+//   spike s = v* >= v_pk;  x = (v* - v_pk) / (v_pk - v_r)
+//   v' = s ? c : v*;  u' = clip(s ? u* + d : u*) (mV/ms);  mem = (v' - v_r) * (1 / (v_pk - v_r))
+//
+// Build without -ffast-math and with -ffp-contract=off: every + and * is then rounded on its own
+// (no fused multiply-add), so vectorized and scalar iterations give bit-identical results.
+#ifndef SPARK_TORCH_IZHIKEVICH_H_
+#define SPARK_TORCH_IZHIKEVICH_H_
+
+#include <cmath>
+#include <cstdint>
+
+#if defined(__clang__)
+#define IZH_VECTORIZE _Pragma("clang loop vectorize(assume_safety)")
+#elif defined(__GNUC__)
+#define IZH_VECTORIZE _Pragma("GCC ivdep")
+#else
+#define IZH_VECTORIZE
+#endif
+
+namespace izh {
+
+enum Scheme : int { kEuler = 0, kIzhikevich2003 = 1 };
+enum Surrogate : int { kNoSurrogate = 0, kAtan = 1, kFastSigmoid = 2, kSigmoid = 3 };
+// Parameter order of spark_torch.kernel.IzhikevichParams.
+enum Param : int { kVr = 0, kC, kR, kVpk, kA, kB, kD, kNumParams };
+
+constexpr double kVLimit = 1e5;  // mV, spark_torch.kernel.V_LIMIT
+
+// Step constants in T: dt, h = 0.5*dt, and the fused surrogate's two constants (see Derivative).
+template <typename T>
+struct Constants {
+  T dt, half, s1, s2;
+};
+
+template <typename T>
+inline T Clip(T v) {
+  return v > T(kVLimit) ? T(kVLimit) : (v < T(-kVLimit) ? T(-kVLimit) : v);
+}
+
+// dClip/dv: 1 on the closed interval (and for NaN, which Clip passes through), 0 beyond it.
+template <typename T>
+inline T ClipGrad(T raw, T g) {
+  return (raw > T(kVLimit) || raw < T(-kVLimit)) ? T(0) : g;
+}
+
+template <typename T>
+inline T Drive(T v, T u, T ri) {
+  return T(0.04) * v * v + T(5.0) * v + T(140.0) - u + ri;
+}
+
+// One integration step before spike detection; keeps the unclipped values for the reverse step.
+template <typename T>
+struct Integrated {
+  T raw_half, v_half, raw, v_star, u_star;
+};
+
+template <typename T, int kScheme>
+inline Integrated<T> Integrate(T v, T u, T ri, T a, T b, const Constants<T>& k) {
+  Integrated<T> r;
+  if constexpr (kScheme == kEuler) {
+    r.raw_half = r.v_half = T(0);
+    r.raw = v + k.dt * Drive(v, u, ri);
+    r.v_star = Clip(r.raw);
+    r.u_star = u + k.dt * a * (b * v - u);
+  } else {
+    r.raw_half = v + k.half * Drive(v, u, ri);
+    r.v_half = Clip(r.raw_half);
+    r.raw = r.v_half + k.half * Drive(r.v_half, u, ri);
+    r.v_star = Clip(r.raw);
+    r.u_star = u + k.dt * a * (b * r.v_star - u);
+  }
+  return r;
+}
+
+// d spike / d x of snnTorch's surrogates, as spark_torch.kernel.surrogate_derivative:
+// atan (alpha):        s1 / (1 + (s2*x)^2),       s1 = alpha/2, s2 = pi/2*alpha
+// fast_sigmoid (k):    1 / (s1*|x| + 1)^2,        s1 = k
+// sigmoid (k):         s1*e / (e + 1)^2, e = exp(s2*x), s1 = k, s2 = -k
+template <typename T, int kSurrogate>
+inline T Derivative(T x, const Constants<T>& k) {
+  if constexpr (kSurrogate == kAtan) {
+    const T y = k.s2 * x;
+    return k.s1 / (T(1) + y * y);
+  } else if constexpr (kSurrogate == kFastSigmoid) {
+    const T y = k.s1 * std::fabs(x) + T(1);
+    return T(1) / (y * y);
+  } else {
+    const T e = std::exp(k.s2 * x);
+    const T y = e + T(1);
+    return k.s1 * e / (y * y);
+  }
+}
+
+// Forward step t for n neurons: advances (v, u) in place, writes the 0/1 spike, and x and mem when
+// asked for (kX, kMem). p[k] holds parameter k for the same n neurons, scale = 1 / (v_pk - v_r).
+template <typename T, int kScheme, bool kX, bool kMem>
+inline void ForwardStep(int64_t n, const T* current, const T* const* p, const T* scale, T* v, T* u, T* spike,
+                        T* x, T* mem, const Constants<T>& k) {
+  const T *vr = p[kVr], *c = p[kC], *res = p[kR], *vpk = p[kVpk], *a = p[kA], *b = p[kB], *d = p[kD];
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], a[j], b[j], k);
+    const bool fired = s.v_star >= vpk[j];
+    spike[j] = fired ? T(1) : T(0);
+    if constexpr (kX) x[j] = (s.v_star - vpk[j]) / (vpk[j] - vr[j]);
+    const T v_next = fired ? c[j] : s.v_star;
+    v[j] = v_next;
+    u[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
+    if constexpr (kMem) mem[j] = (v_next - vr[j]) * scale[j];
+  }
+}
+
+// The forward's u update of one step with its recorded spike: u_next from the pre-step (v, u).
+template <typename T, int kScheme>
+inline void RecomputeRecovery(int64_t n, const T* current, const T* const* p, const T* v, const T* u,
+                              const T* spike, T* u_next, const Constants<T>& k) {
+  const T *res = p[kR], *a = p[kA], *b = p[kB], *d = p[kD];
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], a[j], b[j], k);
+    u_next[j] = Clip(spike[j] != T(0) ? s.u_star + d[j] : s.u_star);
+  }
+}
+
+// What the reverse step of one time step reads and writes, for one block of neurons.
+template <typename T>
+struct ReverseRow {
+  const T *v, *u, *current, *spike;               // pre-step state, input, recorded 0/1 spike
+  const T *g_x, *g_v, *g_u, *g_spikes, *g_mem;    // cotangents of the step's x, v', u', spike, mem
+  T* g_current;                                   // out: dL/dI of the step
+};
+
+// Reverse step: carries (g_v, g_u) = dL/d(v', u') in, dL/d(v, u) out; writes dL/dI. With kExtra,
+// adds every parameter's gradient to acc[k] and applies the mem cotangent (else g_mem is unused).
+// The spike is held constant (as the forward's detached reset); the fused surrogate turns the
+// spike's cotangent into dL/dx.
+template <typename T, int kScheme, int kSurrogate, bool kExtra>
+inline void ReverseStep(int64_t n, const ReverseRow<T>& r, const T* const* p, T* carry_v, T* carry_u,
+                        T* const* acc, const Constants<T>& k) {
+  const T *vr = p[kVr], *c = p[kC], *res = p[kR], *vpk = p[kVpk], *a = p[kA], *b = p[kB], *d = p[kD];
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = r.v[j], u = r.u[j], current = r.current[j], den = vpk[j] - vr[j];
+    const Integrated<T> s = Integrate<T, kScheme>(v, u, res[j] * current, a[j], b[j], k);
+    const bool fired = r.spike[j] != T(0);
+    const T num_x = s.v_star - vpk[j];
+    T g_x = r.g_x[j];
+    if constexpr (kSurrogate != kNoSurrogate) g_x = g_x + r.g_spikes[j] * Derivative<T, kSurrogate>(num_x / den, k);
+    T g_v_next = carry_v[j] + r.g_v[j];
+    const T g_u_star = ClipGrad(fired ? s.u_star + d[j] : s.u_star, carry_u[j] + r.g_u[j]);
+    const T g_num_x = g_x / den;
+    if constexpr (kExtra) {  // x and mem = (v' - v_r) * (1 / (v_pk - v_r)) reach v_r and v_pk; the reset c, d
+      const T num_mem = (fired ? c[j] : s.v_star) - vr[j], inverse = T(1) / den;
+      const T g_num_mem = r.g_mem[j] * inverse;
+      const T g_den = -g_x * num_x / (den * den) + -(r.g_mem[j] * num_mem) * (inverse * inverse);
+      g_v_next = g_v_next + g_num_mem;
+      acc[kVr][j] += -g_num_mem - g_den;
+      acc[kVpk][j] += g_den - g_num_x;
+      acc[kC][j] += fired ? g_v_next : T(0);
+      acc[kD][j] += fired ? g_u_star : T(0);
+    }
+    T g_v_star = g_num_x + (fired ? T(0) : g_v_next);
+    const T w = kScheme == kEuler ? v : s.v_star;  // the membrane value that u* = u + dt*a*(b*w - u) reads
+    const T h = g_u_star * (k.dt * a[j]);
+    T g_u = g_u_star - h;
+    if constexpr (kExtra) {
+      acc[kA][j] += g_u_star * (b[j] * w - u) * k.dt;
+      acc[kB][j] += h * w;
+    }
+    T g_v, g_drive_sum;
+    if constexpr (kScheme == kEuler) {
+      const T g_raw = ClipGrad(s.raw, g_v_star);
+      const T g_f = g_raw * k.dt;
+      g_v = g_raw + g_f * (T(0.08) * v + T(5.0)) + h * b[j];
+      g_drive_sum = g_f;
+    } else {
+      g_v_star = g_v_star + h * b[j];
+      const T g_raw = ClipGrad(s.raw, g_v_star);
+      const T g_f2 = g_raw * k.half;
+      const T g_raw_half = ClipGrad(s.raw_half, g_raw + g_f2 * (T(0.08) * s.v_half + T(5.0)));
+      const T g_f1 = g_raw_half * k.half;
+      g_v = g_raw_half + g_f1 * (T(0.08) * v + T(5.0));
+      g_drive_sum = g_f2 + g_f1;
+    }
+    if constexpr (kExtra) acc[kR][j] += g_drive_sum * current;
+    carry_v[j] = g_v;
+    carry_u[j] = g_u - g_drive_sum;
+    r.g_current[j] = g_drive_sum * res[j];
+  }
+}
+
+}  // namespace izh
+
+#endif  // SPARK_TORCH_IZHIKEVICH_H_

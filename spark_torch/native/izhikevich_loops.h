@@ -1,0 +1,203 @@
+// The time loops of the Izhikevich kernel over one block of neurons: forward, and reverse (with the
+// recovery variable recomputed from checkpoints when asked). No XLA types here; izhikevich_ffi.cc
+// decodes the operands into Forward / Reverse and runs the blocks on threads.
+//
+// Layout: every time buffer is [T_buf, M] (row-major; M = neurons = prod of the state shape); a block
+// is the neurons [j0, j0 + n), n <= kBlock<T>. Its state, parameters, gradient carries and time-constant
+// operands are gathered once into `scratch` (a few KiB: L1/L2) and stay there for all time steps.
+#ifndef SPARK_TORCH_IZHIKEVICH_LOOPS_H_
+#define SPARK_TORCH_IZHIKEVICH_LOOPS_H_
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+
+#include "izhikevich.h"
+
+namespace izh {
+
+constexpr int64_t kBlockBytes = 1024;
+
+template <typename T>
+constexpr int64_t kBlock = kBlockBytes / sizeof(T);
+
+// A time-constant operand broadcast to M neurons (element i % period); period 0: absent (zeros).
+template <typename T>
+struct Periodic {
+  const T* data = nullptr;
+  int64_t period = 0;
+
+  void Gather(int64_t j0, int64_t n, T* out) const {
+    if (period == 0) {
+      std::fill_n(out, n, T(0));
+    } else if (period == 1) {
+      std::fill_n(out, n, data[0]);
+    } else {
+      for (int64_t j = 0, i = j0 % period; j < n; ++j, i = i + 1 == period ? 0 : i + 1) out[j] = data[i];
+    }
+  }
+};
+
+// A cotangent: absent, time-constant (periodic) or per step ([T_buf, M]).
+template <typename T>
+struct Cotangent {
+  Periodic<T> constant;
+  const T* per_step = nullptr;
+};
+
+// ---- forward ----------------------------------------------------------------------------------
+
+template <typename T>
+struct Forward {
+  int64_t m, n_steps, every;  // every > 0: keep u before steps 0, every, 2*every, ... in checkpoints
+  bool trace_state;
+  Constants<T> k;
+  const T* current;
+  Periodic<T> v0, u0, params[kNumParams];
+  T *spikes, *x, *v, *u, *mem, *checkpoints;  // spikes null when they are bool (spikes_bool)
+  uint8_t* spikes_bool;
+};
+
+// Scratch values per block: v, u, a 0/1 spike row, 1 / (v_pk - v_r), and the seven parameters.
+template <typename T>
+constexpr size_t ForwardScratch() {
+  return (4 + kNumParams) * kBlock<T>;
+}
+
+template <typename T, int kScheme, bool kX, bool kMem>
+void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
+  constexpr int64_t B = kBlock<T>;
+  T *v = scratch, *u = v + B, *spike_tmp = u + B, *scale = spike_tmp + B;
+  const T* p[kNumParams];
+  for (int i = 0; i < kNumParams; ++i) {
+    f.params[i].Gather(j0, n, scale + (i + 1) * B);
+    p[i] = scale + (i + 1) * B;
+  }
+  for (int64_t j = 0; j < n; ++j) scale[j] = T(1) / (p[kVpk][j] - p[kVr][j]);  // mem's, time-invariant
+  f.v0.Gather(j0, n, v);
+  f.u0.Gather(j0, n, u);
+  for (int64_t t = 0; t < f.n_steps; ++t) {
+    const int64_t row = t * f.m + j0;
+    if (f.every && t % f.every == 0) std::copy_n(u, n, f.checkpoints + t / f.every * f.m + j0);
+    T* spike = f.spikes ? f.spikes + row : spike_tmp;
+    ForwardStep<T, kScheme, kX, kMem>(n, f.current + row, p, scale, v, u, spike, kX ? f.x + row : nullptr,
+                                      kMem ? f.mem + row : nullptr, f.k);
+    if (!f.spikes) for (int64_t j = 0; j < n; ++j) f.spikes_bool[row + j] = spike_tmp[j] != T(0);
+    if (f.trace_state) {
+      std::copy_n(v, n, f.v + row);
+      if (!f.every) std::copy_n(u, n, f.u + row);
+    }
+  }
+  if (!f.trace_state) std::copy_n(v, n, f.v + j0);
+  if (!f.trace_state || f.every) std::copy_n(u, n, f.u + j0);
+}
+
+template <typename T>
+using ForwardBlockFn = void (*)(const Forward<T>&, int64_t, int64_t, T*);
+
+template <typename T, int kScheme>
+ForwardBlockFn<T> SelectForward(bool x, bool mem) {
+  if (x) return mem ? ForwardBlock<T, kScheme, true, true> : ForwardBlock<T, kScheme, true, false>;
+  return mem ? ForwardBlock<T, kScheme, false, true> : ForwardBlock<T, kScheme, false, false>;
+}
+
+// ---- reverse ----------------------------------------------------------------------------------
+
+template <typename T>
+struct Reverse {
+  int64_t m, n_steps, every;  // every > 0: u is recomputed from checkpoints, K = every steps at a time
+  Constants<T> k;
+  const T* current;
+  Periodic<T> v0, u0, params[kNumParams], g_u_last;
+  const T *spikes, *v_trace, *u_trace, *checkpoints;  // spikes null when they are bool (spikes_bool)
+  const uint8_t* spikes_bool;
+  Cotangent<T> g_x, g_v, g_u, g_spikes, g_mem;
+  T *g_current, *g_v0, *g_u0, *g_params[kNumParams];  // g_params[i] null: not wanted
+};
+
+// Scratch values per block: parameters and their gradient sums (7 + 7), the carries, the initial
+// state, a zero row, a 0/1 spike row, five time-constant cotangents, and `every` rows of recomputed u.
+template <typename T>
+size_t ReverseScratch(int64_t every) {
+  return (2 * kNumParams + 11 + std::max<int64_t>(every, 1)) * kBlock<T>;
+}
+
+template <typename T, int kScheme, int kSurrogate, bool kExtra>
+void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
+  constexpr int64_t B = kBlock<T>;
+  const T* p[kNumParams];
+  T* acc[kNumParams];
+  for (int i = 0; i < kNumParams; ++i) {
+    T* local = scratch + i * B;
+    r.params[i].Gather(j0, n, local);
+    p[i] = local;
+    acc[i] = scratch + (kNumParams + i) * B;
+    std::fill_n(acc[i], n, T(0));
+  }
+  T *carry_v = scratch + 2 * kNumParams * B, *carry_u = carry_v + B, *v0 = carry_u + B, *u0 = v0 + B;
+  T *zeros = u0 + B, *spike_tmp = zeros + B, *constants = spike_tmp + B, *u_block = constants + 5 * B;
+  std::fill_n(carry_v, n, T(0));
+  std::fill_n(zeros, n, T(0));
+  r.g_u_last.Gather(j0, n, carry_u);
+  r.v0.Gather(j0, n, v0);
+  r.u0.Gather(j0, n, u0);
+  const Cotangent<T>* cotangents[5] = {&r.g_x, &r.g_v, &r.g_u, &r.g_spikes, &r.g_mem};
+  for (int i = 0; i < 5; ++i) cotangents[i]->constant.Gather(j0, n, constants + i * B);
+  auto row_of = [&](int i, int64_t t) -> const T* {
+    const Cotangent<T>& g = *cotangents[i];
+    if (g.per_step) return g.per_step + t * r.m + j0;
+    return g.constant.period ? constants + i * B : zeros;
+  };
+  auto spike_at = [&](int64_t t) -> const T* {
+    if (r.spikes) return r.spikes + t * r.m + j0;
+    for (int64_t j = 0; j < n; ++j) spike_tmp[j] = r.spikes_bool[t * r.m + j0 + j] ? T(1) : T(0);
+    return spike_tmp;
+  };
+  auto v_before = [&](int64_t t) { return t ? r.v_trace + (t - 1) * r.m + j0 : v0; };
+  auto reverse_at = [&](int64_t t, const T* u) {
+    const int64_t row = t * r.m + j0;
+    const ReverseRow<T> rows{v_before(t), u, r.current + row, spike_at(t), row_of(0, t), row_of(1, t),
+                             row_of(2, t), row_of(3, t), row_of(4, t), r.g_current + row};
+    ReverseStep<T, kScheme, kSurrogate, kExtra>(n, rows, p, carry_v, carry_u, acc, r.k);
+  };
+  if (!r.every) {
+    for (int64_t t = r.n_steps - 1; t >= 0; --t) reverse_at(t, t ? r.u_trace + (t - 1) * r.m + j0 : u0);
+  } else {
+    for (int64_t first = (r.n_steps - 1) / r.every * r.every; first >= 0; first -= r.every) {
+      const int64_t stop = std::min(first + r.every, r.n_steps);
+      std::copy_n(r.checkpoints + first / r.every * r.m + j0, n, u_block);
+      for (int64_t t = first; t + 1 < stop; ++t) {
+        RecomputeRecovery<T, kScheme>(n, r.current + t * r.m + j0, p, v_before(t), u_block + (t - first) * B,
+                                      spike_at(t), u_block + (t - first + 1) * B, r.k);
+      }
+      for (int64_t t = stop - 1; t >= first; --t) reverse_at(t, u_block + (t - first) * B);
+    }
+  }
+  std::copy_n(carry_v, n, r.g_v0 + j0);
+  std::copy_n(carry_u, n, r.g_u0 + j0);
+  for (int i = 0; i < kNumParams; ++i) {
+    if (r.g_params[i]) std::copy_n(acc[i], n, r.g_params[i] + j0);
+  }
+}
+
+template <typename T>
+using ReverseBlockFn = void (*)(const Reverse<T>&, int64_t, int64_t, T*);
+
+template <typename T, int kScheme, int kSurrogate>
+ReverseBlockFn<T> SelectReverse(bool extra) {
+  return extra ? ReverseBlock<T, kScheme, kSurrogate, true> : ReverseBlock<T, kScheme, kSurrogate, false>;
+}
+
+template <typename T, int kScheme>
+ReverseBlockFn<T> SelectReverse(int surrogate, bool extra) {
+  switch (surrogate) {
+    case kAtan: return SelectReverse<T, kScheme, kAtan>(extra);
+    case kFastSigmoid: return SelectReverse<T, kScheme, kFastSigmoid>(extra);
+    case kSigmoid: return SelectReverse<T, kScheme, kSigmoid>(extra);
+    default: return SelectReverse<T, kScheme, kNoSurrogate>(extra);
+  }
+}
+
+}  // namespace izh
+
+#endif  // SPARK_TORCH_IZHIKEVICH_LOOPS_H_

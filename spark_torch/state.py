@@ -1,0 +1,119 @@
+"""The hidden state an :class:`~spark_torch.soma.IzhikevichSoma` carries between calls, and whose it is.
+
+State per neuron: membrane ``v`` (mV) and recovery ``u`` (mV/ms), ``[B, *units]``, plus ``mem``, the
+normalized membrane ``(v − v_r) / (v_pk − v_r)`` the layer returned last. snnTorch code hands ``mem`` back
+to the next call; only ``mem`` crosses, so the layer must tell whether a ``mem`` it receives is the one it
+emitted (then it continues from the exact ``(v, u)`` behind it) or anybody else's (then ``u`` restarts
+at ``b·v``, the paper's initial condition). :meth:`HiddenState.owns` decides that.
+
+The state lives in this plain object, not in module buffers: ``torch.compile(dynamic=True)`` then treats
+its batch size as symbolic (module buffers have static shapes: a recompile per batch size), and
+``DistributedDataParallel`` does not broadcast one rank's neurons over another's.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import Callable, Optional
+
+import torch
+
+NAMES = ("mem", "potential", "recovery")
+
+
+def _version(tensor: torch.Tensor) -> Optional[int]:
+    """``tensor._version``; ``None`` for an inference tensor, which has no version counter (it can only
+    be modified inside ``torch.inference_mode``, where such an edit is not detected)."""
+    return None if tensor.is_inference() else tensor._version
+
+
+def _same_memory(mem: torch.Tensor, owner: torch.Tensor, data_ptr: int, stride: tuple, version) -> bool:
+    """``mem`` has this data pointer and layout, ``owner``'s dtype and device, and the recorded version."""
+    return (mem.data_ptr() == data_ptr and mem.stride() == stride and mem.dtype == owner.dtype
+            and mem.device == owner.device and _version(mem) == version)
+
+
+def rest_state(v_r: torch.Tensor, b: torch.Tensor, shape: tuple, dtype: torch.dtype):
+    """The state after build and ``reset()``: ``v = v_r``, ``u = b·v_r``, broadcast to ``shape``, constants."""
+    v = v_r.detach().to(dtype).expand(shape)
+    u = (b * v_r).detach().to(dtype).expand(shape)
+    return v.contiguous(), u.contiguous()
+
+
+class HiddenState:
+    """``mem``, ``v`` (``potential``) and ``u`` (``recovery``), and the record of which ``mem`` is own.
+
+    Own: the ``mem`` tensor set last (held strongly, so its memory cannot be reused by another tensor:
+    equal data pointer, layout and version mean equal values) or a view of it, untouched since; also
+    the last row of the ``[T, B, *units]`` membrane a sequence call returned, tracked through a weak
+    reference (the layer must not keep the caller's trajectories alive) while that tensor lives.
+    """
+
+    def __init__(self) -> None:
+        empty = torch.zeros(0)
+        self.mem, self.v, self.u = empty, empty, empty
+        self._emitted: tuple = ()
+        self._last_row: Optional[tuple] = None
+
+    def set(self, mem: torch.Tensor, v: torch.Tensor, u: torch.Tensor, own: bool = True,
+            also_own_last_row_of: Optional[torch.Tensor] = None) -> None:
+        """Replace the state; ``own=False`` records ``mem`` as foreign (a later call restarts ``u`` from it)."""
+        self.mem, self.v, self.u = mem, v, u
+        if torch.compiler.is_compiling():  # ownership is identity there (see owns)
+            return
+        self._emitted = ((mem, _version(mem)),) if own and mem.numel() else ()
+        self._last_row = None
+        if own and also_own_last_row_of is not None and also_own_last_row_of.numel():
+            last = also_own_last_row_of[-1]
+            self._last_row = (weakref.ref(also_own_last_row_of), last.data_ptr(), last.stride(),
+                              _version(also_own_last_row_of))
+
+    def owns(self, mem: torch.Tensor) -> bool:
+        """Is ``mem`` (a view/alias of) the membrane this state emitted last, unmodified since?"""
+        if torch.compiler.is_compiling():
+            return mem is self.mem
+        if self.v.shape != mem.shape:
+            return False
+        if any(_same_memory(mem, t, t.data_ptr(), t.stride(), version) for t, version in self._emitted):
+            return True
+        if self._last_row is None:
+            return False
+        owner, data_ptr, stride, version = self._last_row
+        owner = owner()
+        return owner is not None and _same_memory(mem, owner, data_ptr, stride, version)
+
+    def initial(self, mem: torch.Tensor, shape: tuple, dtype: torch.dtype, v_r: torch.Tensor, v_pk: torch.Tensor,
+                b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The state ``(v, u)`` a call given ``mem`` starts from (parameters ``v_r``, ``v_pk``, ``b``):
+
+        * ``mem`` of another shape than ``shape`` (a new batch size): the rest state, a constant;
+        * own ``mem`` (:meth:`owns`): the exact ``(v, u)`` behind it, with their history if ``mem``
+          still requires grad, cut (truncated BPTT) if it was detached;
+        * any other ``mem``: ``v = v_r + mem·(v_pk − v_r)``, ``u = b·v`` (zeros: the rest state).
+        """
+        if tuple(mem.shape) != shape:
+            return rest_state(v_r, b, shape, dtype)
+        if self.owns(mem):
+            v, u = self.v, self.u
+            if v.is_inference() and not torch.is_inference_mode_enabled():
+                return v.clone(), u.clone()  # state from an inference_mode call: a normal tensor again
+            return (v, u) if mem.requires_grad else (v.detach(), u.detach())
+        v = v_r + mem * (v_pk - v_r)
+        return v, b * v
+
+    def owns_current(self) -> bool:
+        """Whether the stored ``(v, u)`` belong to the stored ``mem`` (what a checkpoint records)."""
+        return self.mem.numel() > 0 and self.owns(self.mem)
+
+    def apply(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """``fn`` (a module conversion: ``.to()``, ``.double()``, ...) on every tensor; ownership is kept."""
+        own = self.owns_current()
+        self.set(fn(self.mem), fn(self.v), fn(self.u), own=own)
+
+    def __getstate__(self) -> dict:
+        return {"mem": self.mem, "v": self.v, "u": self.u, "own": self.owns_current()}
+
+    def __setstate__(self, state: dict) -> None:
+        """After unpickling or ``copy.deepcopy``: the copied ``mem`` is still own if the original was."""
+        self._last_row = None
+        self.set(state["mem"], state["v"], state["u"], own=state["own"])

@@ -1,4 +1,4 @@
-"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_v4.izhikevich_scan``.
+"""The torch custom op around the JAX kernel: ``torch.ops.spark_torch_<version>.izhikevich_scan``.
 
 Registered with :func:`torch.library.custom_op` (plus a fake implementation and a registered
 autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as one opaque node, and
@@ -8,8 +8,8 @@ autograd formula) so that ``torch.compile(..., fullgraph=True)`` treats it as on
 time buffers are either exactly ``T`` long or padded to a power of two (:data:`MAX_EXACT_LENGTHS`), so
 the number of compiled executables stays bounded however many sequence lengths a program uses.
 
-The op namespace carries a version (``spark_torch_v4``): change it whenever the schema or the
-backward changes, so that no stale compiled graph in an inductor cache can be reused.
+The op namespace carries the package version (:data:`OP_NAMESPACE`), so that no stale compiled graph
+in an inductor cache is reused after an upgrade.
 
 :func:`scan` is what the module calls: the custom op while ``torch.compile`` traces, and in eager
 mode a plain ``autograd.Function`` (``_EagerScan``) over the very same forward/backward
@@ -46,20 +46,25 @@ import jax
 import numpy as np
 import torch
 
-from . import bridge
+from . import __version__, bridge
 from .kernel import (IzhikevichParams, IzhikevichState, Trajectory, precision_scope,
                      recovery_checkpoint_interval, simulate_backward, simulate_forward)
 
-OP_NAMESPACE = "spark_torch_v4"
+#: The ops' namespace carries the package version: an inductor cache must never reuse a compiled graph of
+#: another version's op (its schema or backward may differ under the same name).
+OP_NAMESPACE = "spark_torch_" + __version__.replace(".", "_")
 N_PARAMS = len(IzhikevichParams._fields)
 
 
 @torch.library.custom_op(f"{OP_NAMESPACE}::izhikevich_scan", mutates_args=())
 def izhikevich_scan(
-    current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: float, scheme: str,
-    surrogate: str, surrogate_param: float, recovery_checkpoints: bool,
+    current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor], dt: torch.Tensor,
+    scheme: str, surrogate: str, surrogate_param: float, recovery_checkpoints: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate ``T = current.shape[0]`` steps. See the module docstring for shapes and units.
+
+    ``dt`` (ms) is a 0-d CPU tensor: a float argument would make ``torch.compile`` guard on its value, so
+    that layers with different steps would share (and exhaust) one recompile budget.
 
     ``surrogate=""``: spikes carry no gradient, ``x`` is returned for a torch-side surrogate.
     ``surrogate`` in ("atan", "fast_sigmoid", "sigmoid") with its parameter: the spikes are
@@ -92,6 +97,7 @@ def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=
                     param_views=None):
     """:func:`_forward_impl`'s outputs and the :class:`_KernelArrays` behind them. ``param_views``: the
     caller's cache of JAX views of ``params`` (see :func:`spark_torch.bridge.to_jax_shared`)."""
+    dt = float(dt)
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     every = recovery_checkpoint_interval(n_buffer) if recovery_checkpoints and trace_state else 0
@@ -195,8 +201,8 @@ def _saved_backward(ctx, backward_fn, g_spikes, g_x, g_v, g_u, g_mem):
 def izhikevich_scan_backward(
     current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list[torch.Tensor],
     spikes: torch.Tensor, v: torch.Tensor, u: torch.Tensor,
-    g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: float, scheme: str,
-    param_mask: list[bool], g_spikes: Optional[torch.Tensor] = None, surrogate: str = "",
+    g_x: Optional[torch.Tensor], g_v: Optional[torch.Tensor], g_u: Optional[torch.Tensor], dt: torch.Tensor,
+    scheme: str, param_mask: list[bool], g_spikes: Optional[torch.Tensor] = None, surrogate: str = "",
     surrogate_param: float = 0.0, g_mem: Optional[torch.Tensor] = None, u_checkpoints: Optional[torch.Tensor] = None,
 ) -> list[torch.Tensor]:
     """The reverse scan of :func:`izhikevich_scan`: grads of (current, v0, u0, *params), in that order.
@@ -217,7 +223,8 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
     """The reverse scan; ``arrays`` (from the forward) saves re-importing what JAX already has.
 
     With ``u_checkpoints``, ``u`` is the final state ``[1, ...]`` (not needed here) and ``g_u`` its
-    cotangent, which crosses unpadded."""
+    cotangent, which crosses unpadded. ``dt``: a float, or the custom op's 0-d tensor."""
+    dt = float(dt)
     n_steps = current.shape[0]
     n_buffer = buffer_length(n_steps)
     checkpointed = u_checkpoints is not None

@@ -160,6 +160,17 @@ class IzhikevichSoma(snn.Leaky):
             self.reset()
 
     @property
+    def config(self) -> IzhikevichSomaConfig:
+        """The layer's :class:`IzhikevichSomaConfig` (immutable; a loaded checkpoint may replace it)."""
+        return self._config
+
+    @config.setter
+    def config(self, config: IzhikevichSomaConfig) -> None:
+        self._config = config
+        # dt as a 0-d tensor for torch.compile: a Python float would be guarded by value (ops.izhikevich_scan)
+        self._dt = torch.tensor(float(config.dt), dtype=torch.float64)
+
+    @property
     def built(self) -> bool:
         return self.units is not None
 
@@ -228,7 +239,7 @@ class IzhikevichSoma(snn.Leaky):
         fused = self._fused_surrogate()
         spikes, x, v, u, mem_trace, _ = scan(
             cur if self.sequence else cur.unsqueeze(0), v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-            float(self.config.dt), self.config.scheme, *(fused or ("", 0.0)),
+            self._dt if torch.compiler.is_compiling() else self.config.dt, self.config.scheme, *(fused or ("", 0.0)),
             recovery_checkpoints=self.checkpoint_recovery, param_views=self._param_views)
         spk = emit_spikes(spikes, x, None if fused else self.spike_grad, self.graded_spikes_factor)
         # v, u: [T, ...] traces, or [1, ...] final states. Own copies in torch's memory: a view would keep

@@ -22,6 +22,7 @@ from reference_torch import PARAM_NAMES, reference_run  # noqa: E402
 
 SCAN = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan
 SCAN_BWD = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan_backward
+DT = torch.tensor(1.0, dtype=torch.float64)  # the ops take dt (ms) as a 0-d CPU tensor
 SCHEMES = ("euler", "izhikevich2003")
 
 
@@ -55,7 +56,7 @@ def make_inputs(T=25, B=3, dtype=torch.float64, seed=0, low=0.0, high=150.0, req
 
 def run_op(current, v0, u0, params, dt=1.0, scheme="euler"):
     """The op's outputs: spikes, x, v, u, mem."""
-    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], dt, scheme, "", 0.0, False)
+    return SCAN(current, v0, u0, [params[k] for k in PARAM_NAMES], torch.tensor(dt, dtype=torch.float64), scheme, "", 0.0, False)
 
 
 def normalized(v, params):
@@ -240,10 +241,10 @@ def test_gradcheck_in_smooth_region(kernel_backend, scheme):
     inputs = [t.clone().requires_grad_() for t in (current, v0, u0, *params.values())]
 
     def fn(current, v0, u0, *p):
-        _, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), 1.0, scheme, "", 0.0, False)
+        _, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), DT, scheme, "", 0.0, False)
         return x, v, u, mem
 
-    spikes = SCAN(*inputs[:3], inputs[3:], 1.0, scheme, "", 0.0, False)[0]
+    spikes = SCAN(*inputs[:3], inputs[3:], DT, scheme, "", 0.0, False)[0]
     assert spikes.sum() == 0
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-6, rtol=1e-5)
 
@@ -254,9 +255,9 @@ def test_gradcheck_in_smooth_region(kernel_backend, scheme):
 def test_opcheck_forward(kernel_backend, dtype):
     current, v0, u0, params = make_inputs(T=6, B=2, dtype=dtype, requires_grad=True)
     plist = [params[k] for k in PARAM_NAMES]
-    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "izhikevich2003", "", 0.0, False))
-    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0, False))
-    torch.library.opcheck(SCAN, (current, v0, u0, plist, 1.0, "euler", "fast_sigmoid", 25.0, True))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, DT, "izhikevich2003", "", 0.0, False))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, DT, "euler", "fast_sigmoid", 25.0, False))
+    torch.library.opcheck(SCAN, (current, v0, u0, plist, DT, "euler", "fast_sigmoid", 25.0, True))
 
 
 def test_opcheck_backward(kernel_backend):
@@ -264,14 +265,14 @@ def test_opcheck_backward(kernel_backend):
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
     plist = [params[k] for k in PARAM_NAMES]
-    torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, 1.0, "euler",
+    torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, DT, "euler",
                                     [True, False, True, False, True, False, True]))
 
 
 # ---- (e) torch.compile -------------------------------------------------------------------------
 
 def _compiled_target(current, v0, u0, *p):
-    spikes, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), 1.0, "euler", "", 0.0, False)
+    spikes, x, v, u, mem, _ = SCAN(current, v0, u0, list(p), DT, "euler", "", 0.0, False)
     return spikes, (x * 0.5).sum() + (v ** 2).mean() - u.sum() + (mem ** 2).sum()
 
 

@@ -367,3 +367,45 @@ def test_deleted_layers_release_their_parameters_on_the_jax_side():
     del layers, layer
     gc.collect()
     assert count() == before
+
+
+# ------------------------------------------------------------------------------------------------ torch.compile(dynamic=True)
+
+def _compiled_equals_eager(make, calls, **compile_kwargs):
+    """Each call of the compiled layer equals the same call of an eager twin (outputs and input gradients)."""
+    torch._dynamo.reset()  # the recompile budget of IzhikevichSoma.forward starts empty
+    compiled, eager = make(), make()
+    run = torch.compile(compiled, fullgraph=True, backend="aot_eager", **compile_kwargs)
+    for x in calls:
+        outs = []
+        for layer in (run, eager):
+            xx = x.clone().requires_grad_()
+            spk, mem = layer(xx)
+            (spk.sum() + mem.sum()).backward()
+            outs.append((spk.detach(), mem.detach(), xx.grad))
+        for got, want in zip(*outs):
+            assert torch.equal(got, want)
+
+
+def test_compile_dynamic_takes_more_batch_sizes_than_the_recompile_limit():
+    limit = torch._dynamo.config.recompile_limit
+    _compiled_equals_eager(lambda: IzhikevichSoma(units=(4,), resistance=10.0),
+                           [_drive((b, 4), scale=3.0).float() for b in range(2, limit + 4)], dynamic=True)
+
+
+def test_compile_dynamic_with_checkpoint_recovery_takes_more_lengths_than_the_recompile_limit():
+    limit = torch._dynamo.config.recompile_limit
+    _compiled_equals_eager(lambda: IzhikevichSoma(units=(4,), resistance=10.0, sequence=True,
+                                                  checkpoint_recovery=True),
+                           [_drive((t, 2, 4), scale=3.0).float() for t in range(2, limit + 4)], dynamic=True)
+
+
+def test_separately_compiled_layers_with_different_dt_do_not_share_a_recompile_budget():
+    torch._dynamo.reset()
+    x = _drive((3, 4), scale=3.0).float()
+    for dt in [0.1 * k for k in range(1, torch._dynamo.config.recompile_limit + 3)]:
+        layer = IzhikevichSoma(units=(4,), resistance=10.0, dt=dt)
+        twin = IzhikevichSoma(units=(4,), resistance=10.0, dt=dt)
+        got = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
+        for a, b in zip(got, twin(x)):
+            assert torch.equal(a, b), dt

@@ -15,6 +15,7 @@ import argparse
 import importlib.util
 import json
 import sys
+import time
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -121,6 +122,7 @@ def _demo(args) -> int:
                            batch_size=args.batch_size, seed=args.seed, num_threads=args.threads).validate()
                for kind in ("izhikevich", "leaky")]
     args.out.mkdir(parents=True, exist_ok=True)
+    print(_kernel_line())
     data = load_digits_data(seed=args.seed)
     print(f"digits: {len(data.y_train)} train / {len(data.y_test)} test images, {args.steps} steps, "
           f"{args.epochs} epochs, hidden {args.hidden}, torch threads {args.threads}")
@@ -131,6 +133,22 @@ def _demo(args) -> int:
     js.write_text(json.dumps({r.config.kind: r.to_dict() for r in results}, indent=2) + "\n")
     print(f"wrote {png} and {js}")
     return 0
+
+
+def _kernel_line() -> str:
+    """Which kernel backend runs (building the native one on first use), and its one-time build time."""
+    started = time.perf_counter()
+    from . import kernel
+
+    name = kernel.backend()
+    if name != "native":
+        return "kernel: XLA loops (the native kernel is unavailable; see the warning above)"
+    from . import native
+
+    library = native.load()
+    how = (f"built in {library.build_seconds:.1f} s, once" if library.built_here
+           else f"cached, loaded in {time.perf_counter() - started:.1f} s")
+    return f"kernel: native ({how}; {library.path})"
 
 
 def _table(results) -> str:

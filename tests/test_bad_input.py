@@ -37,6 +37,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402
 import reference_torch  # noqa: E402
 
+#: every catalogue entry runs on each available kernel backend (native C++ and the XLA loops)
+pytestmark = pytest.mark.usefixtures("kernel_backend")
+
 N = 4
 B = 2
 T = 5

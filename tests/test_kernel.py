@@ -367,16 +367,14 @@ def test_padded_rows_of_every_trace_are_positive_zero(kernel_backend):
         assert not a[n:].any() and not np.signbit(a[n:]).any(), f"{name}: padded rows are not +0"
 
 
-def test_confine_derivative_is_torch_clamps():
-    """The bound's derivative: 1 on the closed interval [−V_LIMIT, V_LIMIT], 0 beyond (torch.clamp's rule)."""
-    torch = pytest.importorskip("torch")
+def test_confine_derivative_is_one_on_the_closed_interval():
+    """The bound's derivative: 1 on the closed interval [−V_LIMIT, V_LIMIT], 0 beyond (``torch.clamp``'s rule up
+    to torch 2.13; later versions give 0 exactly on the bound)."""
     v = np.array([-3e5, -K.V_LIMIT, -1.0, 0.0, 2.5, K.V_LIMIT, 3e5])
     with K.precision_scope(np.float64):
         got = jax.vmap(jax.grad(K._confine))(jnp.asarray(v, jnp.float64))
         values = K._confine(jnp.asarray(v, jnp.float64))
-    t = torch.tensor(v, requires_grad=True)
-    torch.clamp(t, -K.V_LIMIT, K.V_LIMIT).sum().backward()
-    np.testing.assert_array_equal(np.asarray(got), t.grad.numpy())
+    np.testing.assert_array_equal(np.asarray(got), [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
     np.testing.assert_array_equal(np.asarray(values), np.clip(v, -K.V_LIMIT, K.V_LIMIT))
 
 

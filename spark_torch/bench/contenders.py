@@ -68,7 +68,8 @@ def _fast_sigmoid():
 # ----------------------------------------------------------------------------------- spark_torch
 class SparkSequence(Contender):
     name, label = "spark_seq", "spark_torch sequence"
-    note = "IzhikevichSoma(sequence=True), one custom-op call forward, one backward"
+    note = ("IzhikevichSoma(sequence=True), one custom-op call forward, one backward; the native kernel where it "
+            "builds (spark_torch.kernel.backend())")
 
     def setup(self, current):
         super().setup(current)
@@ -176,6 +177,42 @@ class JaxDirect(Contender):
 
     def counts(self):
         return np.asarray(self.fwd().spikes).sum(0).reshape(-1).astype(np.int64)
+
+
+class _OnXlaKernel:
+    """Mixin: every call of the contender runs the XLA (``lax``) kernel instead of the native one
+    (:func:`spark_torch.kernel.use_backend`), so that both backends are timed side by side in one run."""
+
+    def _xla(self, method, *args):
+        from spark_torch import kernel
+        with kernel.use_backend("xla"):
+            return method(*args)
+
+    def setup(self, current):
+        self._xla(super().setup, current)
+
+    def fwd(self):
+        return self._xla(super().fwd)
+
+    def fwdbwd(self):
+        return self._xla(super().fwdbwd)
+
+    def counts(self):
+        return self._xla(super().counts)
+
+
+class SparkSequenceXla(_OnXlaKernel, SparkSequence):
+    name, label = "spark_seq_xla", "spark_torch sequence, XLA kernel"
+    note = "as spark_seq, with kernel.use_backend('xla'): the pure-JAX loops instead of the native kernel"
+
+
+class SparkStepXla(_OnXlaKernel, SparkStep):
+    name, label = "spark_step_xla", "spark_torch step loop, XLA kernel"
+    note = "as spark_step, with kernel.use_backend('xla')"
+
+
+class JaxDirectXla(_OnXlaKernel, JaxDirect):
+    name, label = "jax_direct_xla", "spark kernel direct (JAX), XLA kernel"
 
 
 # ----------------------------------------------------------------------------------- plain PyTorch
@@ -336,6 +373,7 @@ class SpikingJellyIzhikevich(Contender):
 
 from .anchors import CFused, NumbaFused  # noqa: E402  (subclasses of Contender, defined above)
 
-ALL = [SparkSequence, SparkSequenceCheckpointed, SparkStep, JaxDirect, TorchEager, TorchCompileLoop, TorchCompileStep,
-       NorseIzhikevich, SpikingJellyIzhikevich, SnnLeaky, NumbaFused, CFused]
+ALL = [SparkSequence, SparkSequenceXla, SparkSequenceCheckpointed, SparkStep, SparkStepXla, JaxDirect, JaxDirectXla,
+       TorchEager, TorchCompileLoop, TorchCompileStep, NorseIzhikevich, SpikingJellyIzhikevich, SnnLeaky, NumbaFused,
+       CFused]
 BY_NAME = {c.name: c for c in ALL}

@@ -71,7 +71,7 @@ def format_report(res: dict) -> str:
     m, lines = res["meta"], []
     lines.append(f"spark_torch benchmark  device {m.get('device', 'cpu')} ({m.get('device_name', '-')})  "
                  f"torch {m['torch']}  jax {m.get('jax', '-')}  cpus {m['cpu_count']}  "
-                 f"torch threads {m['torch_num_threads']}  rounds {m['rounds']} warmup {m['warmup']}  {m['time']}  "
+                 f"torch threads {m['torch_num_threads']}  kernel {m.get('kernel_backend', '-')}  rounds {m['rounds']} warmup {m['warmup']}  {m['time']}  "
                  f"load avg {m['loadavg_start'][0]:.1f} -> {m.get('loadavg_end', [float('nan')])[0]:.1f}")
     w = res["workload"]
     lines.append(f"workload: {w['neuron']}; {w['dtype']}; {w['input']}; {w['surrogate']}; loss {w['loss']}")

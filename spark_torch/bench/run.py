@@ -120,7 +120,7 @@ def _time_size(size, contenders, args, report) -> dict:
         if name == "torch_compile_loop" and T > args.compile_loop_max_t:
             rec["skipped"][name] = f"T={T} > --compile-loop-max-t {args.compile_loop_max_t} (compile time)"
             continue
-        if name == "spark_step" and args.step_max_bn and B * N > args.step_max_bn:
+        if name.startswith("spark_step") and args.step_max_bn and B * N > args.step_max_bn:
             rec["skipped"][name] = f"B*N={B * N} > --step-max-bn {args.step_max_bn} (run time)"
             continue
         try:
@@ -178,10 +178,14 @@ def _derived(rec, size) -> dict:
         anchors = [med[n] for n in ("c_fused", "numba_fused") if n in med]
         if "spark_seq" in med and anchors:  # the faster hand-fused loop is the anchor
             d[f"vs_hand_fused_{mode}"] = med["spark_seq"] / min(anchors)
+        if "spark_seq" in med and "c_fused" in med:
+            d[f"vs_c_anchor_{mode}"] = med["spark_seq"] / med["c_fused"]
+        if "spark_seq" in med and "spark_seq_xla" in med:
+            d[f"xla_vs_native_{mode}"] = med["spark_seq_xla"] / med["spark_seq"]
         if "spark_seq" in med and REFERENCE in med:
             d[f"speedup_vs_eager_{mode}"] = med[REFERENCE] / med["spark_seq"]
-        peer = {n: v for n, v in med.items()
-                if n not in ("spark_seq", "spark_seq_ckpt", "spark_step", "jax_direct", "numba_fused", "c_fused")}
+        peer = {n: v for n, v in med.items()  # other libraries only: not this one's variants, not the anchors
+                if not n.startswith(("spark_", "jax_direct")) and n not in ("numba_fused", "c_fused")}
         if "spark_seq" in med and peer:
             best = min(peer, key=peer.get)
             d[f"fastest_peer_{mode}"] = best
@@ -282,6 +286,9 @@ def run(args, report=print) -> dict:
         results["meta"]["jax"] = jax.__version__
     except Exception:  # noqa: BLE001
         pass
+    from .. import kernel
+    results["meta"]["kernel_backend"] = kernel.backend()  # what spark_seq, spark_step and jax_direct run
+    report(f"spark_torch kernel backend: {results['meta']['kernel_backend']}")
     contenders = {}
     for cls in peers.ALL:
         info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}

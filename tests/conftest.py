@@ -5,7 +5,7 @@ import os
 import tempfile
 
 # A fresh inductor/Triton cache per test session: a stale compiled backward from an earlier version
-# of the custom op must never be reused (BRIDGE_NOTES item 10).
+# of the custom op must never be reused (inductor keys its cache on the graph, not on the op's code).
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="spark_torch_inductor_"))
 
 import pytest  # noqa: E402

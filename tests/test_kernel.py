@@ -1,4 +1,4 @@
-"""Numbers pinned for spark_torch.kernel, against SPEC §1 and the NumPy reference.
+"""Numbers pinned for spark_torch.kernel, against the paper's model and the NumPy reference.
 
 Tests that run the loops take the ``kernel_backend`` fixture (tests/conftest.py): they run on the XLA
 loop and on the native kernel (where it builds), with the same expectations."""
@@ -19,7 +19,7 @@ import reference_numpy as ref  # noqa: E402
 FIELDS = K.IzhikevichParams._fields
 CLASSES = tuple(ref.FIG2_CLASSES)
 
-# SPEC §1 worked example: defaults, dt = 1, I = 100 pA, euler.
+# Worked example: Spark's defaults, dt = 1, I = 100 pA, euler (by hand from the equations).
 WORKED_V = [-58.0, -50.44, -37.900256, -7.03004, -65.0]
 WORKED_U = [-13.0, -12.972, -12.91432, -12.807635, -10.579602]
 WORKED_SPIKES = [False, False, False, False, True]
@@ -48,7 +48,7 @@ def fig2(dtype, scheme, T=1000):
                                                                               dtype=dtype)
 
 
-# ---- (a) the SPEC worked example -----------------------------------------------------------------
+# ---- (a) the worked example ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_worked_example_step_by_step(dtype):

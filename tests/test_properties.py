@@ -1,4 +1,4 @@
-"""Property tests (issue 6): random valid heterogeneous configs and inputs (hypothesis).
+"""Property tests: random valid heterogeneous configs and inputs (hypothesis).
 
 Shapes are drawn from small fixed sets so that the number of JAX compilations stays bounded
 (every new ``[T, B, N]`` compiles once); examples are few (``max_examples`` <= 25) and the whole file
@@ -265,7 +265,7 @@ def test_initializer_draws_are_independent_of_global_rngs():
     assert torch.equal(a, b)
 
 
-# ------------------------------------------------------------------------------------------------ spikes only where the SPEC rule says
+# ------------------------------------------------------------------------------------------------ spikes only where the model's rule says
 
 def _params_dict(layer):
     return {name: getattr(layer, name).detach().double().numpy() for name in FIELDS}

@@ -232,21 +232,28 @@ FORK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_dataloader_fork_after_jax_ran_in_parent():
-    """Run in a subprocess with a timeout so that a hang fails this test instead of blocking the suite.
-    Passes when fork either works or fails fast with an error that recommends spawn/forkserver."""
+def _run_or_fail_on_hang(script: str, timeout: float, hang_message: str) -> tuple[int, str, str]:
+    """Run ``script`` in a fresh Python (its own session, so that on a hang the whole group, the script
+    and any forked workers, is killed) and fail the test with ``hang_message`` after ``timeout`` s."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    # own session, so that on a hang the whole group (the script AND its hung DataLoader workers) is killed
-    proc = subprocess.Popen([sys.executable, "-c", FORK_SCRIPT], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning", "-c", script], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        out, err = proc.communicate(timeout=25)
+        out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail("DataLoader with multiprocessing_context='fork' hung after JAX ran in the parent")
-    ok = proc.returncode == 0 and "FORK-OK" in out
-    clear_error = proc.returncode != 0 and "spawn" in err and "Traceback" in err
+        pytest.fail(hang_message)
+    return proc.returncode, out, err
+
+
+def test_dataloader_fork_after_jax_ran_in_parent():
+    """Run in a subprocess with a timeout so that a hang fails this test instead of blocking the suite.
+    Passes when fork either works or fails fast with an error that recommends spawn/forkserver."""
+    returncode, out, err = _run_or_fail_on_hang(
+        FORK_SCRIPT, 25, "DataLoader with multiprocessing_context='fork' hung after JAX ran in the parent")
+    ok = returncode == 0 and "FORK-OK" in out
+    clear_error = returncode != 0 and "spawn" in err and "Traceback" in err
     assert ok or clear_error, err[-2000:]
 
 
@@ -271,15 +278,8 @@ print("PARENT", run())
 
 def test_fork_after_import_runs_the_layer_in_the_child():
     """Importing spark_torch starts no JAX backend, so a child fork()-ed right after the import computes."""
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = subprocess.Popen([sys.executable, "-W", "ignore::RuntimeWarning", "-c", FORK_AFTER_IMPORT_SCRIPT],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        out, err = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        pytest.fail("a layer call in a child fork()-ed after `import spark_torch` hung")
+    _, out, err = _run_or_fail_on_hang(FORK_AFTER_IMPORT_SCRIPT, 60,
+                                       "a layer call in a child fork()-ed after `import spark_torch` hung")
     assert "CHILD-EXIT 0" in out, out + err[-2000:]
     child, parent = (line.split(" ", 1)[1] for line in out.splitlines() if line.startswith(("CHILD ", "PARENT ")))
     assert child == parent and "spikes=0 " not in child

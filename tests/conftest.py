@@ -52,3 +52,19 @@ def kernel_backend(request):
 
     with kernel.use_backend(request.param) as name:
         yield name
+
+
+def _inductor_has_a_compiler() -> bool:
+    """torch.compile's default (inductor) backend compiles C++ on the CPU: it needs a working compiler."""
+    from torch._inductor import cpp_builder
+
+    try:
+        cpp_builder.get_cpp_compiler()
+    except Exception:  # noqa: BLE001  (InvalidCxxCompiler, or none found)
+        return False
+    return True
+
+
+#: for tests that compile with inductor (the others use backend="aot_eager", which needs no compiler)
+needs_inductor = pytest.mark.skipif(not _inductor_has_a_compiler(),
+                                    reason="torch.compile's inductor backend needs a C++ compiler")

@@ -11,6 +11,7 @@ from torch import nn
 
 from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Uniform
 
+from conftest import needs_inductor
 from reference_torch import default_params, reference_run
 
 
@@ -259,6 +260,7 @@ def test_build_explicit_and_from_specs():
         layer(torch.rand(2, 5))
 
 
+@needs_inductor
 def test_compile_fullgraph_matches_eager_with_no_graph_breaks():
     x = 2 * torch.rand(20, 3, 8)
     eager = IzhikevichSoma(resistance=10.0, sequence=True, units=(8,), learnable=("threshold",))

@@ -93,10 +93,9 @@ def test_fig2_float32_counts_within_two_of_float64_reference():
 
 # ---- native == XLA: values and gradients -----------------------------------------------------------
 
-def _problem(seed=0, T=40, B=3, dtype=np.float64, drive=(0.0, 30.0), a=(0.02, 0.1)):
+def _problem(seed=0, T=40, B=3, dtype=np.float64, drive=(0.0, 30.0), a=(0.02, 0.1), N=5):
     """Heterogeneous parameters in every broadcast form: 0-d (resistance), per-unit [N], full [B, N]."""
     rng = np.random.default_rng(seed)
-    N = 5
     with K.precision_scope(dtype):
         p = K.IzhikevichParams(*(jnp.asarray(v, dtype) for v in (
             rng.uniform(-70, -60, N), rng.uniform(-65, -50, N), 1.0, rng.uniform(25, 35, N), rng.uniform(*a, N),
@@ -167,6 +166,20 @@ def test_float64_values_and_gradients_equal_xla(scheme, kind, surrogate, checkpo
         _assert_close(a, b, 1e-9, name)
         if kind == "all":
             assert np.abs(np.asarray(b)).max() > 0, name  # every gradient is exercised
+
+
+@needs_native
+def test_many_blocks_with_a_period_that_straddles_them_equal_xla():
+    """700 neurons (B=7, N=100) run in several blocks of the native loop, and the per-unit parameters'
+    period (100) does not divide a block: each block gathers its neurons' values across period boundaries."""
+    cur, state, p, rng = _problem(seed=11, T=12, B=7, N=100)
+    with K.precision_scope(np.float64):
+        out = _both_backends(cur, state, p, "all", "euler", ("atan", 2.0), False, rng)
+    (t_nat, g_nat), (t_xla, g_xla) = out["native"], out["xla"]
+    assert np.asarray(t_xla.spikes).sum() > 20
+    np.testing.assert_array_equal(np.asarray(t_nat.spikes), np.asarray(t_xla.spikes))
+    for a, b in zip(jax.tree_util.tree_leaves((t_nat, g_nat)), jax.tree_util.tree_leaves((t_xla, g_xla))):
+        _assert_close(a, b, 1e-9)
 
 
 @needs_native

@@ -32,8 +32,12 @@ struct Periodic {
       std::fill_n(out, n, T(0));
     } else if (period == 1) {
       std::fill_n(out, n, data[0]);
-    } else {
-      for (int64_t j = 0, i = j0 % period; j < n; ++j, i = i + 1 == period ? 0 : i + 1) out[j] = data[i];
+    } else {  // contiguous runs of the period (one run when the block lies inside one period)
+      for (int64_t j = 0, i = j0 % period; j < n; i = 0) {
+        const int64_t run = std::min(n - j, period - i);
+        std::copy_n(data + i, run, out + j);
+        j += run;
+      }
     }
   }
 };

@@ -87,6 +87,11 @@ _JAX_DTYPES = {torch.float32: jax.numpy.dtype("float32"), torch.float64: jax.num
 #: check that a hot path is zero-copy; :func:`reset_copy_counts` clears it.
 copy_counts: collections.Counter = collections.Counter()
 
+#: How many arrays crossed: ``"to_jax"`` (new JAX arrays made from tensors or host values) and
+#: ``"to_torch"`` (JAX arrays wrapped for torch); the kernel's callers add ``"forward"`` and
+#: ``"backward"`` (kernel executions). Tests pin a call's cost with it; ``crossings.clear()`` resets it.
+crossings: collections.Counter = collections.Counter()
+
 _warn_on_copy = False
 
 
@@ -146,6 +151,7 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     Raises ``TypeError`` if JAX would receive another dtype (64-bit outside a 64-bit precision scope),
     ``RuntimeError`` if the tensor's device has no JAX backend (e.g. CUDA with a CPU-only JAX).
     """
+    crossings["to_jax"] += 1
     tensor = tensor.detach()
     if tensor.device.type != "cpu":
         _check_device_reachable(tensor, name)
@@ -165,25 +171,48 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     return array
 
 
+class _View(NamedTuple):
+    """A JAX array that aliases ``tensor``'s memory, and the layout it was made for."""
+
+    tensor: torch.Tensor
+    data_ptr: int
+    shape: torch.Size
+    stride: tuple
+    array: jax.Array
+
+    def matches(self, tensor: torch.Tensor) -> bool:
+        """``tensor`` reads the same memory the same way (it is the tensor, or a view/``detach()`` of it):
+        the entry holds its tensor, so no other tensor can have been allocated at its address since."""
+        if tensor is self.tensor:
+            return tensor.data_ptr() == self.data_ptr and tensor.shape == self.shape
+        return (tensor.data_ptr() == self.data_ptr and tensor.shape == self.shape and tensor.stride() == self.stride
+                and tensor.dtype == self.tensor.dtype and tensor.device == self.tensor.device)
+
+
 def to_jax_shared(tensor: torch.Tensor, name: str, views: dict) -> jax.Array:
-    """:func:`to_jax` for long-lived tensors (module parameters), reusing the JAX view kept in ``views``.
+    """:func:`to_jax` for tensors that cross again and again (module parameters, a step's state), reusing
+    the JAX view kept in ``views``.
 
     ``views`` is a dict owned by whoever owns ``tensor`` (the layer): ``views[name]`` holds the view and
-    the layout it was made for, so that the view (which holds the tensor's memory) lives exactly as long
-    as its owner. The JAX array aliases the tensor's storage, so in-place updates (optimizer steps) are
-    seen by the next kernel call; a tensor whose storage or layout changed (``.data = ...``, ``.to()``)
-    is imported again. Tensors that would need a copy are never cached (a copy would go stale).
+    the tensor it was made for, so that both live exactly as long as their owner. The JAX array aliases
+    the tensor's memory, so in-place updates (optimizer steps) are seen by the next kernel call; a tensor
+    whose storage or layout changed (``.data = ...``, ``.to()``) is imported again. Tensors that would
+    need a copy are never cached (a copy would go stale). :func:`remember_export` records a tensor that
+    JAX produced, so that handing it back costs no import.
     """
-    if not shares_memory_layout(tensor):
-        return to_jax(tensor, name)
-    layout = (tensor.data_ptr(), tuple(tensor.shape), tensor.stride(), tensor.dtype, tensor.device,
-              bool(jax.config.jax_enable_x64))
     hit = views.get(name)
-    if hit is not None and hit[0] == layout:
-        return hit[1]
+    if hit is not None and hit.matches(tensor):
+        return hit.array
     array = to_jax(tensor, name)
-    views[name] = (layout, array)
+    if shares_memory_layout(tensor):
+        views[name] = _View(tensor, tensor.data_ptr(), tensor.shape, tensor.stride(), array)
     return array
+
+
+def remember_export(views: dict, name: str, tensor: torch.Tensor, array: jax.Array) -> None:
+    """Record that ``tensor`` wraps ``array`` (a :func:`to_torch` export): a later
+    :func:`to_jax_shared` ``(tensor, name, views)`` then returns ``array`` without importing."""
+    views[name] = _View(tensor, tensor.data_ptr(), tensor.shape, tensor.stride(), array)
 
 
 def _on_one_local_cpu(array: jax.Array) -> bool:
@@ -191,6 +220,7 @@ def _on_one_local_cpu(array: jax.Array) -> bool:
 
 
 def _export_cpu(array: jax.Array) -> torch.Tensor:
+    crossings["to_torch"] += 1
     return torch.utils.dlpack.from_dlpack(_fast_cpu().export(array, stream=None))
 
 
@@ -198,7 +228,20 @@ def to_torch(array: jax.Array) -> torch.Tensor:
     """Wrap a (finished) JAX array as a torch tensor without a copy."""
     if _fast_cpu() is not None and _on_one_local_cpu(array):
         return _export_cpu(array)
+    crossings["to_torch"] += 1
     return torch.from_dlpack(array)
+
+
+def arrays_to_torch(arrays: tuple, on_cpu: bool) -> list:
+    """The results of one computation (a flat tuple; ``None`` entries stay ``None``) as torch tensors, each
+    blocked on first. ``on_cpu``: the caller knows they are on the local CPU (its inputs were), which
+    skips the per-array placement checks."""
+    fast = _fast_cpu() if on_cpu else None
+    if fast is None:
+        return [None if a is None else to_torch(a.block_until_ready()) for a in arrays]
+    crossings["to_torch"] += sum(a is not None for a in arrays)
+    return [None if a is None else torch.utils.dlpack.from_dlpack(fast.export(a.block_until_ready(), stream=None))
+            for a in arrays]
 
 
 def results_to_torch(arrays):

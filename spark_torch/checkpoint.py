@@ -266,3 +266,44 @@ def from_state_dict(layer_class, state_dict: Mapping, kwargs: dict):
     layer.persist_hidden = HIDDEN_STATE[0] in state_dict
     layer.load_state_dict(state_dict)
     return layer
+
+
+class Checkpointing:
+    """``state_dict()`` / ``load_state_dict()`` / pickling of :class:`~spark_torch.soma.IzhikevichSoma`, by the
+    layout and checks above. A mixin listed before ``torch.nn.Module`` in the layer's bases, so that
+    ``super()`` here reaches the module's own implementations."""
+
+    def get_extra_state(self) -> dict:
+        """Stored in ``state_dict()`` as ``_extra_state`` (layout: module docstring)."""
+        return extra_state(self)
+
+    def set_extra_state(self, state: dict) -> None:
+        saved = parse_extra_state(state)
+        check_compatible(saved.config, self.config)
+        self.config = saved.config
+
+    @classmethod
+    def from_state_dict(cls, state_dict: Mapping, **kwargs):
+        """Rebuild a layer from ``state_dict()`` alone (config, units, learnables and values).
+
+        ``kwargs`` are the non-config constructor arguments (``spike_grad``, ``init_hidden``, ...).
+        The checkpoint is checked completely before anything is built from it.
+        """
+        return from_state_dict(cls, state_dict, kwargs)
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_param_views"] = {}  # JAX views of this layer's tensors, not of a copy's
+        return state
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        save(self, destination, prefix, keep_vars, super()._save_to_state_dict)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        """Check everything this layer would load, then build if needed, then load: a refused checkpoint
+        raises before the layer changes."""
+        def load_tensors(entries):
+            super(Checkpointing, self)._load_from_state_dict(entries, prefix, local_metadata, strict, missing_keys,
+                                                              unexpected_keys, error_msgs)
+        load(self, state_dict, prefix, strict, missing_keys, load_tensors)

@@ -53,7 +53,7 @@ def _non_negative_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from .training import TrainConfig
+    from .demo import TrainConfig
 
     parser = _Parser(prog="spark-torch", description="spark_torch: Izhikevich (2003) neurons for PyTorch/snnTorch.")
     parser.add_argument("--version", action="version", version=f"spark_torch {__version__}")
@@ -116,7 +116,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _demo(args) -> int:
-    from .training import TrainConfig, load_digits_data, plot_training_curves, train
+    from .demo import TrainConfig, load_digits_data, plot_training_curves, train
 
     configs = [TrainConfig(kind=kind, form=args.form, hidden=args.hidden, num_steps=args.steps, epochs=args.epochs,
                            batch_size=args.batch_size, seed=args.seed, num_threads=args.threads).validate()
@@ -143,7 +143,7 @@ def _kernel_line() -> str:
     name = kernel.backend()
     if name != "native":
         return "kernel: XLA loops (the native kernel is unavailable; see the warning above)"
-    from . import native
+    from .kernel import native
 
     library = native.load()
     how = (f"built in {library.build_seconds:.1f} s, once" if library.built_here

@@ -104,13 +104,14 @@ def _forward_kernel(current, v0, u0, params, dt, scheme, surrogate, trace_state=
     with precision_scope(_np_dtype(current.dtype)):
         current_j = bridge.to_jax(_pad_steps(current, n_buffer), "current")
         arrays = _KernelArrays(current_j if n_buffer == n_steps else None,
-                               IzhikevichState(bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")),
+                               IzhikevichState(*_state_to_jax(v0, u0, param_views)),
                                _params_to_jax(params, param_views), None)
+        bridge.crossings["forward"] += 1
         traj = simulate_forward(
-            current_j, arrays.state, arrays.params, np.int32(n_steps), dt=dt, scheme=scheme,
+            current_j, arrays.state, arrays.params, _step_count(n_steps, current), dt=dt, scheme=scheme,
             spike_dtype=_np_dtype(current.dtype), return_x=not surrogate, return_mem=True, trace_state=trace_state,
             recovery_every=every)
-        spikes, x, v, u, mem, u_checkpoints = bridge.results_to_torch(tuple(traj))
+        spikes, x, v, u, mem, u_checkpoints = bridge.arrays_to_torch(tuple(traj), current.device.type == "cpu")
     spikes, x, mem = (None if a is None else a[:n_steps] for a in (spikes, x, mem))
     if trace_state:
         v = v[:n_steps]
@@ -242,12 +243,15 @@ def _backward_impl(current, v0, u0, params, spikes, v, u, g_x, g_v, g_u, dt, sch
                                    _params_to_jax(params), traj)
         current_j = arrays.current if arrays.current is not None else bridge.to_jax(
             _pad_steps(current, n_buffer), "current")
-        cotangents = tuple(None if g is None else bridge.to_jax(g, name) for g, name in (
+        bridge.crossings["backward"] += 1
+        cotangents = tuple(cotangent_to_jax(g, name) for g, name in (
             (g_x, "grad_x"), (g_v, "grad_v"), (g_u, "grad_u"), (g_spikes, "grad_spikes"), (g_mem, "grad_mem")))
         grads = simulate_backward(
-            current_j, arrays.state, arrays.params, arrays.traj, cotangents, np.int32(n_steps), dt=dt, scheme=scheme,
-            param_mask=tuple(param_mask), surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
-        g_current, (g_v0, g_u0), g_params = bridge.results_to_torch(grads)
+            current_j, arrays.state, arrays.params, arrays.traj, cotangents, _step_count(n_steps, current), dt=dt,
+            scheme=scheme, param_mask=tuple(param_mask),
+            surrogate=(surrogate, float(surrogate_param)) if surrogate else None)
+        g_current, g_v0, g_u0, *g_params = bridge.arrays_to_torch(
+            (grads[0], *grads[1], *grads[2]), current.device.type == "cpu")
     return [g_current[:n_steps], _sum_to(g_v0, v0), _sum_to(g_u0, u0),
             *(None if g is None else _sum_to(g, p) for g, p in zip(g_params, params))]
 
@@ -272,7 +276,32 @@ def _uniform_as_scalar(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     """A broadcast (all strides 0) gradient, e.g. from ``y.sum()``, crosses as its one value (0-d)."""
     if grad is None or grad.dim() == 0 or any(grad.stride()):
         return grad
+    if grad.device.type == "cpu":
+        return grad.as_strided((), ())  # read by cotangent_to_jax, never imported
     return grad.new_empty(()).copy_(grad.as_strided((), ()))
+
+
+_SCALARS_KEPT = 64
+_scalars: dict = {}
+
+
+def cotangent_to_jax(grad: Optional[torch.Tensor], name: str, views: Optional[dict] = None):
+    """A cotangent for the kernel: ``None``; a 0-d CPU tensor as a JAX scalar kept per value and dtype (the
+    ``1.0`` of ``loss = y.sum()`` crosses once per process, not once per call); any other tensor imported
+    (through ``views`` when given: :func:`spark_torch.bridge.to_jax_shared`). Call it inside the kernel's
+    :func:`~spark_torch.kernel.precision_scope`."""
+    if grad is None:
+        return None
+    if grad.dim() == 0 and grad.device.type == "cpu":
+        key = (grad.item(), grad.dtype)
+        scalar = _scalars.get(key)
+        if scalar is None:
+            if len(_scalars) >= _SCALARS_KEPT:
+                _scalars.clear()
+            bridge.crossings["to_jax"] += 1
+            scalar = _scalars[key] = jax.device_put(np.asarray(key[0], _np_dtype(grad.dtype)), jax.devices("cpu")[0])
+        return scalar
+    return bridge.to_jax(grad, name) if views is None else bridge.to_jax_shared(grad, name, views)
 
 
 def _params_to_jax(params, views: Optional[dict] = None) -> IzhikevichParams:
@@ -281,6 +310,31 @@ def _params_to_jax(params, views: Optional[dict] = None) -> IzhikevichParams:
         return IzhikevichParams(*(bridge.to_jax(p, name) for p, name in zip(params, IzhikevichParams._fields)))
     return IzhikevichParams(*(bridge.to_jax_shared(p, name, views)
                               for p, name in zip(params, IzhikevichParams._fields)))
+
+
+def _state_to_jax(v0: torch.Tensor, u0: torch.Tensor, views: Optional[dict] = None):
+    """The initial state as JAX arrays; with ``views``, a state that crossed before (the rest state a
+    sequence layer starts every call from) is not imported again."""
+    if views is None:
+        return bridge.to_jax(v0, "v0"), bridge.to_jax(u0, "u0")
+    return bridge.to_jax_shared(v0, "v0", views), bridge.to_jax_shared(u0, "u0", views)
+
+
+_STEP_COUNTS_KEPT = 256
+_step_counts: dict = {}
+
+
+def _step_count(n_steps: int, current: torch.Tensor):
+    """``n_steps`` as the kernel's runtime int32 scalar: on the CPU a JAX array made once per value (a NumPy
+    scalar would be transferred on every call), else a NumPy scalar (placed with the other operands)."""
+    if current.device.type != "cpu":
+        return np.int32(n_steps)
+    array = _step_counts.get(n_steps)
+    if array is None:
+        if len(_step_counts) >= _STEP_COUNTS_KEPT:
+            _step_counts.clear()
+        array = _step_counts[n_steps] = jax.device_put(np.int32(n_steps), jax.devices("cpu")[0])
+    return array
 
 
 def _sum_to(grad: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

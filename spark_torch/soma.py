@@ -29,7 +29,7 @@ without ``h0``); with ``init_hidden=True`` state carries across calls until a re
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Optional
 
 import snntorch as snn
@@ -39,12 +39,13 @@ from torch import nn
 from . import checkpoint, inputs
 from .config import IzhikevichSomaConfig
 from .ops import scan
-from .state import HiddenState, rest_state
+from .state import HiddenState, RestStates, rest_state
+from .step_op import StepCall, step
 from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 
-class IzhikevichSoma(snn.Leaky):
+class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
     r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
 
     Per neuron and step (``dt`` ms, input current ``I`` in pA, ``v`` in mV; the full model, with the
@@ -73,15 +74,12 @@ class IzhikevichSoma(snn.Leaky):
         reset_mechanism: only ``"zero"`` (the model resets to ``potential_reset``) is accepted.
         check_finite: reject NaN/Inf input with a ``ValueError`` (one reduction per call; set
             ``False`` to skip it).
-        fuse_surrogate: for snnTorch's built-in ``atan``, ``fast_sigmoid`` and ``sigmoid`` (the
-            default ``spike_grad`` included), evaluate the same derivative inside the JAX reverse scan
-            instead of with torch ops (same gradient, less memory traffic). Other callables always run
-            in torch. ``False`` forces the torch path.
-        checkpoint_recovery: for training, keep the recovery variable ``u`` only every ``⌈√T⌉``
-            steps (``T``: the kernel's loop buffer) and recompute the rest in the backward, instead
-            of keeping all ``T`` steps: one ``[T, B, *units]`` tensor less between forward and backward
-            (peak extra memory of a sequence's forward+backward ~3× instead of ~4× the input), for
-            ~10–20 % more time. Results and gradients are bit-identical either way.
+        fuse_surrogate: evaluate snnTorch's built-in ``atan``, ``fast_sigmoid`` and ``sigmoid`` (the
+            default ``spike_grad`` included) inside the kernel's reverse loop instead of with torch ops
+            (same gradient, less memory traffic); other callables always run in torch.
+        checkpoint_recovery: keep the recovery variable ``u`` for the backward only every ``⌈√T⌉``
+            steps and recompute the rest: one ``[T, B, *units]`` tensor less between forward and
+            backward, for a little more time. Results and gradients are bit-identical either way.
 
     Attributes: ``potential`` (v, mV), ``recovery`` (u, mV/ms), ``mem`` (see module docs), each
     ``[B, *units]``; ``persist_hidden`` (default ``False``, as in snnTorch): ``state_dict()`` also carries
@@ -130,6 +128,7 @@ class IzhikevichSoma(snn.Leaky):
             else:
                 self.register_buffer(name, torch.zeros(0))
         self._hidden = HiddenState()  # mem, v, u and which mem is own (spark_torch.state)
+        self._rest_states = RestStates()  # the rest state a sequence starts from, kept while it holds
         self.persist_hidden = False  # state_dict() with mem, potential, recovery: resumes bit-identically
         self._param_views: dict = {}  # JAX views of the model fields, kept between calls (ops.scan)
         if units is not None:
@@ -232,30 +231,44 @@ class IzhikevichSoma(snn.Leaky):
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
         inputs.check_params_match(cur, self.threshold)
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
-            v0, u0 = rest_state(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
+            v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
         else:
             v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype,
                                           self.potential_rest, self.threshold, self.recovery_sensitivity)
-        fused = self._fused_surrogate()
-        spikes, x, v, u, mem_trace, _ = scan(
-            cur if self.sequence else cur.unsqueeze(0), v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-            self._dt if torch.compiler.is_compiling() else self.config.dt, self.config.scheme, *(fused or ("", 0.0)),
-            recovery_checkpoints=self.checkpoint_recovery, param_views=self._param_views)
-        spk = emit_spikes(spikes, x, None if fused else self.spike_grad, self.graded_spikes_factor)
-        # v, u: [T, ...] traces, or [1, ...] final states. Own copies in torch's memory: a view would keep
-        # the whole [T, B, N] trajectories alive, and on CUDA the next call's initial state must not be
-        # JAX-allocated memory (XLA 0.11's command buffers then fail: "Failed to set memcpy D2D node params").
-        mem_last = mem_trace[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
-        if not self.sequence:
-            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone())
-            spk, mem_out = spk[0], mem_last
-        else:
-            mem_out = mem_trace
-            if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
-                self._hidden.set(mem_last, v[-1].clone(), u[-1].clone(), also_own_last_row_of=mem_out)
+        fused = self._fused_surrogate() or ("", 0.0)
+        run = self._scan if self.sequence or torch.compiler.is_compiling() else self._step_eagerly
+        spikes, x, mem_out = run(cur, v0, u0, *fused)
+        spk = emit_spikes(spikes, x, None if fused[0] else self.spike_grad, self.graded_spikes_factor)
         if self.init_hidden and not self.output:
             return spk
         return spk, mem_out
+
+    def _step_eagerly(self, cur, v0, u0, surrogate: str, surrogate_param: float):
+        """One step outside ``torch.compile`` (:mod:`spark_torch.step_op`): ``spikes, x, mem`` ``[B, *units]``."""
+        call = StepCall(self.config.dt, self.config.scheme, surrogate, surrogate_param, self._param_views)
+        spikes, x, v, u, mem = step(cur, v0, u0, [getattr(self, n) for n in MODEL_FIELDS], call)
+        if cur.device.type != "cpu":  # the next call's initial state must not be JAX-allocated device memory
+            v, u, mem = v.clone(), u.clone(), mem.clone()  # (XLA's CUDA command buffers then fail)
+        self._hidden.set(mem, v, u)
+        return spikes, x, mem
+
+    def _scan(self, cur, v0, u0, surrogate: str, surrogate_param: float):
+        """A sequence call, or a step call under ``torch.compile`` (:func:`spark_torch.ops.scan`):
+        ``spikes, x, mem``, each ``[T, B, *units]`` (``[B, *units]`` for a step)."""
+        compiling = torch.compiler.is_compiling()
+        spikes, x, v, u, mem, _ = scan(
+            cur if self.sequence else cur.unsqueeze(0), v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
+            self._dt if compiling else self.config.dt, self.config.scheme, surrogate, surrogate_param,
+            recovery_checkpoints=self.checkpoint_recovery, param_views=self._param_views)
+        # v, u: [T, ...] traces, or [1, ...] final states: own copies, as views would keep whole trajectories
+        # alive (and on CUDA the next call's initial state must not be JAX-allocated memory: see _step_eagerly)
+        mem_last = mem[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
+        if not self.sequence:
+            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone())
+            return spikes[0], x if surrogate else x[0], mem_last  # fused: x is an empty placeholder
+        if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
+            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone(), also_own_last_row_of=mem)
+        return spikes, x, mem
 
     def _fused_surrogate(self):
         """``(name, parameter)`` when ``spike_grad`` is fused into the kernel (cached per callable)."""
@@ -272,51 +285,8 @@ class IzhikevichSoma(snn.Leaky):
         self._hidden.apply(fn)
         return module
 
-    # ------------------------------------------------------------------ checks
     def extra_repr(self) -> str:
-        parts = [f"units={self.units}", f"scheme={self.config.scheme!r}", f"dt={self.config.dt}"]
-        if self.sequence:
-            parts.append("sequence=True")
-        if self.learnable:
-            parts.append(f"learnable={self.learnable}")
-        if self.init_hidden:
-            parts.append("init_hidden=True")
-        if self.checkpoint_recovery:
-            parts.append("checkpoint_recovery=True")
-        return ", ".join(parts)
-
-    # ------------------------------------------------------------------ checkpoints
-    def get_extra_state(self) -> dict:
-        """Stored in ``state_dict()`` as ``_extra_state`` (layout: :mod:`spark_torch.checkpoint`)."""
-        return checkpoint.extra_state(self)
-
-    def set_extra_state(self, state: dict) -> None:
-        saved = checkpoint.parse_extra_state(state)
-        checkpoint.check_compatible(saved.config, self.config)
-        self.config = saved.config
-
-    @classmethod
-    def from_state_dict(cls, state_dict: Mapping, **kwargs) -> "IzhikevichSoma":
-        """Rebuild a layer from ``state_dict()`` alone (config, units, learnables and values).
-
-        ``kwargs`` are the non-config constructor arguments (``spike_grad``, ``init_hidden``, ...).
-        The checkpoint is checked completely before anything is built from it.
-        """
-        return checkpoint.from_state_dict(cls, state_dict, kwargs)
-
-    def __getstate__(self):
-        state = self.__dict__.copy()
-        state["_param_views"] = {}  # JAX views of this layer's tensors, not of a copy's
-        return state
-
-    def _save_to_state_dict(self, destination, prefix, keep_vars):
-        checkpoint.save(self, destination, prefix, keep_vars, super()._save_to_state_dict)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
-        """Check everything this layer would load (:mod:`spark_torch.checkpoint`), then build if needed, then
-        load: a refused checkpoint raises before the layer changes."""
-        def load_tensors(entries):
-            super(IzhikevichSoma, self)._load_from_state_dict(entries, prefix, local_metadata, strict, missing_keys,
-                                                               unexpected_keys, error_msgs)
-        checkpoint.load(self, state_dict, prefix, strict, missing_keys, load_tensors)
+        flags = {"sequence": self.sequence, "learnable": self.learnable, "init_hidden": self.init_hidden,
+                 "checkpoint_recovery": self.checkpoint_recovery}
+        return ", ".join([f"units={self.units}", f"scheme={self.config.scheme!r}", f"dt={self.config.dt}",
+                          *(f"{k}={v!r}" for k, v in flags.items() if v)])

@@ -31,7 +31,7 @@ def _fresh_length_policy(monkeypatch):
 
 def _available_backends() -> list[str]:
     """``"native"`` where the native kernel builds here (compiled once, then cached), and ``"xla"``."""
-    from spark_torch import native
+    from spark_torch.kernel import native
 
     try:
         native.load()

@@ -13,6 +13,8 @@ The time loop iterates ``current.unbind(0)`` (indexing ``current[t]`` makes the 
 
 from __future__ import annotations
 
+import math
+
 import snntorch.surrogate
 import torch
 
@@ -78,3 +80,29 @@ def default_params(units=(), dtype=torch.float64, **overrides) -> dict:
                   recovery_timescale=0.02, recovery_sensitivity=0.2, recovery_update=2.0)
     values.update(overrides)
     return {k: torch.as_tensor(values[k], dtype=dtype).expand(units).clone() for k in PARAM_NAMES}
+
+
+# d spike / dx of snnTorch's built-in surrogates, written from snnTorch 1.0's backward formulas, in float64.
+SURROGATE_DERIVATIVES = {
+    "atan": lambda x, a: a / 2 / (1 + (math.pi / 2 * a * x) ** 2),
+    "fast_sigmoid": lambda x, k: 1.0 / (k * x.abs() + 1.0) ** 2,
+    "sigmoid": lambda x, k: k * torch.exp(-k * x) / ((torch.exp(-k * x) + 1) ** 2),
+}
+
+
+def exact_surrogate(name: str, param: float):
+    """snnTorch's surrogate ``name`` with parameter ``param``, float64-exact (snnTorch's forward returns float32):
+    Heaviside forward, :data:`SURROGATE_DERIVATIVES` backward."""
+
+    class Exact(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            ctx.save_for_backward(x)
+            return (x > 0).to(x.dtype)
+
+        @staticmethod
+        def backward(ctx, grad):
+            (x,) = ctx.saved_tensors
+            return grad * SURROGATE_DERIVATIVES[name](x, param)
+
+    return Exact.apply

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from spark_torch import kernel as K
+from spark_torch.kernel import model
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402
@@ -227,11 +228,11 @@ def test_no_compile_logged_on_second_call(kernel_backend, caplog):
     values = {f: np.full((4,), ref.DEFAULTS[f]) for f in FIELDS}
     with jax.log_compiles(True), caplog.at_level("WARNING"):
         run_kernel(np.full((9, 4), 60.0), values, np.float32)  # a shape no other test uses: compiles
-        name = {"native": "_simulate_native", "xla": "_simulate"}[kernel_backend]
+        name = {"native": "_simulate_native", "xla": "forward_loop"}[kernel_backend]
         assert any(f"Compiling jit({name})" in r.getMessage() for r in caplog.records), caplog.text
         caplog.clear()
         run_kernel(np.full((9, 4), 80.0), values, np.float32)
-    assert not [r for r in caplog.records if "_simulate" in r.getMessage()], caplog.text
+    assert not [r for r in caplog.records if name in r.getMessage()], caplog.text
 
 
 # ---- (f) custom_vjp gradients == plain JAX autodiff of the same loop --------------------------
@@ -325,7 +326,7 @@ def test_backward_of_normalized_membrane_matches_plain_autodiff(kernel_backend, 
         np.testing.assert_allclose(np.asarray(traj.mem), np.asarray(
             (autodiff_reference(current, state, p, 1.0, scheme)[1] - p.potential_rest) / (p.threshold - p.potential_rest)),
             rtol=1e-12, atol=1e-12)
-    got = (g_current, g_state, K.IzhikevichParams(*(K._sum_to_shape(g, jnp.shape(q)) for g, q in zip(g_params, p))))
+    got = (g_current, g_state, K.IzhikevichParams(*(model.sum_to_shape(g, jnp.shape(q)) for g, q in zip(g_params, p))))
     for g, e, name in zip(jax.tree.leaves(got), jax.tree.leaves(want), ["current", "v0", "u0", *FIELDS]):
         np.testing.assert_allclose(np.asarray(g), np.asarray(e), rtol=1e-9, atol=1e-9, err_msg=name)
     assert np.abs(np.asarray(g_params.potential_rest)).max() > 0 and np.abs(np.asarray(g_params.threshold)).max() > 0
@@ -372,8 +373,8 @@ def test_confine_derivative_is_one_on_the_closed_interval():
     to torch 2.13; later versions give 0 exactly on the bound)."""
     v = np.array([-3e5, -K.V_LIMIT, -1.0, 0.0, 2.5, K.V_LIMIT, 3e5])
     with K.precision_scope(np.float64):
-        got = jax.vmap(jax.grad(K._confine))(jnp.asarray(v, jnp.float64))
-        values = K._confine(jnp.asarray(v, jnp.float64))
+        got = jax.vmap(jax.grad(model.confine))(jnp.asarray(v, jnp.float64))
+        values = model.confine(jnp.asarray(v, jnp.float64))
     np.testing.assert_array_equal(np.asarray(got), [0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0])
     np.testing.assert_array_equal(np.asarray(values), np.clip(v, -K.V_LIMIT, K.V_LIMIT))
 

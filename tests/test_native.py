@@ -1,4 +1,4 @@
-"""The native kernel (spark_torch.native) against the XLA loop and the NumPy reference; backend selection;
+"""The native kernel (spark_torch.kernel.native) against the XLA loop and the NumPy reference; backend selection;
 the build, its cache and its fallback.
 
 Numbers: float64 spike rasters are compared exactly, gradients to 1e-9 relative (the native kernel
@@ -19,8 +19,9 @@ import numpy as np
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, kernel as K, native, ops
-from spark_torch.native import _build
+from spark_torch import IzhikevichSoma, kernel as K, ops
+from spark_torch.kernel import native
+from spark_torch.kernel.native import _build
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402
@@ -364,7 +365,8 @@ _PROBE = textwrap.dedent("""
     sys.path.insert(0, {tests!r})
     import reference_numpy as ref
     import torch
-    from spark_torch import IzhikevichSoma, kernel, native
+    from spark_torch import IzhikevichSoma, kernel
+    from spark_torch.kernel import native
     current = np.full((300, 7), 100.0)
     layer = IzhikevichSoma(units=(7,), sequence=True, **ref.fig2_params()).double()
     spk, mem = layer(torch.as_tensor(current[:, None]))
@@ -435,3 +437,19 @@ def test_cache_is_reused_by_the_next_process(concurrent_build):
     assert result["backend"] == "native" and result["matches"]
     assert result["path"] == results[0]["path"] and not result["built_here"]
     assert result["build_seconds"] == results[0]["build_seconds"]  # the recorded compile time
+
+
+@needs_native
+@pytest.mark.parametrize("spike_dtype", [np.float32, np.int8, np.bool_])
+def test_spikes_in_any_dtype_equal_xla(spike_dtype):
+    """Spikes asked for in a dtype other than the input's (float64 input, float32 spikes: once a heap overrun
+    in the native kernel) come out in that dtype, with the XLA loop's values."""
+    cur, state, p, rng = _problem(seed=13, T=16)
+    with K.precision_scope(np.float64):
+        n = np.int32(cur.shape[0])
+        kw = dict(dt=1.0, scheme="euler", spike_dtype=spike_dtype)
+        nat, xla = native.simulate_forward(cur, state, p, n, **kw), K.xla_simulate_forward(cur, state, p, n, **kw)
+    assert nat.spikes.dtype == xla.spikes.dtype == np.dtype(spike_dtype)
+    assert np.asarray(xla.spikes).sum() > 0
+    np.testing.assert_array_equal(np.asarray(nat.spikes), np.asarray(xla.spikes))
+    _assert_close(nat.v, xla.v, 1e-12, "v")  # the XLA loop may contract multiply-adds

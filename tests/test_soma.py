@@ -10,7 +10,7 @@ from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, preset
 from spark_torch.config import SCHEMES
 
 from reference_numpy import FIG2_COUNTS as SPEC_COUNTS
-from reference_torch import PARAM_NAMES, reference_run
+from reference_torch import PARAM_NAMES, exact_surrogate, reference_run
 
 
 
@@ -155,29 +155,40 @@ def test_layer_built_under_inference_mode_trains_afterwards(sequence):
     assert torch.equal(out.detach(), expected) and torch.equal(layer.recovery.detach(), twin.recovery)
 
 
-def test_step_gradients_match_reference_through_time():
-    """BPTT over explicit step calls == the reference's gradients (input and learnables)."""
+@pytest.mark.parametrize("loss", ["spike_sum", "weighted_spikes_and_mem"])
+@pytest.mark.parametrize("fuse", [False, True], ids=["torch_surrogate", "fused_surrogate"])
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_step_gradients_match_reference_through_time(scheme, fuse, loss):
+    """BPTT over explicit step calls == the reference's gradients (input, initial membrane, learnables), with the
+    surrogate in torch or fused into the kernel, from a uniform loss (``spk.sum()``: every step's cotangent is
+    one scalar) and from dense weights on the spikes and on every step's membrane."""
     T, B, N = 20, 2, 5
-    layer = IzhikevichSoma(resistance=10.0, learnable=("recovery_timescale", "threshold"), units=(N,),
-                           fuse_surrogate=False).double()
-    cur = _drive((T, B, N)).requires_grad_()
-    mem = layer.init_leaky()
-    spikes = []
+    layer = IzhikevichSoma(resistance=10.0, scheme=scheme, learnable=("recovery_timescale", "threshold", "resistance"),
+                           units=(N,), fuse_surrogate=fuse).double()
+    cur = _drive((T, B, N), scale=3.0).requires_grad_()
+    mem0 = (0.3 * torch.rand(B, N, dtype=torch.float64)).requires_grad_()
+    mem, spikes, mems = mem0, [], []
     for cur_t in cur.unbind(0):
         spk, mem = layer(cur_t, mem)
         spikes.append(spk)
-    spk = torch.stack(spikes)
+        mems.append(mem)
+    spk, mem = torch.stack(spikes), torch.stack(mems)
     params = {k: v.detach().clone().requires_grad_() for k, v in _layer_params(layer).items()}
-    cur_ref = cur.detach().clone().requires_grad_()
-    v0 = params["potential_rest"].detach().expand(B, N)
-    spk_ref, *_ = reference_run(cur_ref, v0, (params["recovery_sensitivity"] * params["potential_rest"]).detach()
-                                .expand(B, N), params)
-    assert torch.equal(spk, spk_ref)
-    spk.sum().backward()
-    spk_ref.sum().backward()
+    cur_ref, mem0_ref = cur.detach().clone().requires_grad_(), mem0.detach().clone().requires_grad_()
+    v_r, v_pk = params["potential_rest"], params["threshold"]
+    v0 = v_r + mem0_ref * (v_pk - v_r)
+    spike_grad = exact_surrogate("atan", 2.0) if fuse else None  # the layer's default, fused: exact in float64
+    spk_ref, _, v_ref, _ = reference_run(cur_ref, v0, params["recovery_sensitivity"] * v0, params, scheme=scheme,
+                                         spike_grad=spike_grad)
+    mem_ref = (v_ref - v_r) / (v_pk - v_r)
+    assert torch.equal(spk, spk_ref) and 0 < spk.sum() < spk.numel() / 2
+    w_spk, w_mem = (torch.randn_like(spk), torch.randn_like(mem)) if loss != "spike_sum" else (1.0, 0.0)
+    for s, m in ((spk, mem), (spk_ref, mem_ref)):
+        ((s * w_spk).sum() + (m * w_mem).sum()).backward()
     assert_close(cur.grad, cur_ref.grad, rtol=1e-9, atol=1e-9)
-    for name in ("recovery_timescale", "threshold"):
-        assert_close(getattr(layer, name).grad, params[name].grad, rtol=1e-9, atol=1e-9)
+    assert_close(mem0.grad, mem0_ref.grad, rtol=1e-9, atol=1e-9)
+    for name in ("recovery_timescale", "threshold", "resistance"):
+        assert_close(getattr(layer, name).grad, params[name].grad, rtol=1e-9, atol=1e-9, msg=name)
 
 
 def test_gradcheck_in_smooth_region():

@@ -1,7 +1,5 @@
 """Fused snnTorch surrogates: recognised exactly, and the kernel's gradient equals the formula's."""
 
-import math
-
 import pytest
 import snntorch.surrogate as surrogate
 import torch
@@ -11,33 +9,10 @@ from spark_torch import IzhikevichSoma
 from spark_torch.config import SCHEMES
 from spark_torch.surrogate import fused_surrogate
 
-from reference_torch import PARAM_NAMES, reference_run
+from reference_torch import PARAM_NAMES, exact_surrogate, reference_run
 
-# d spike / dx, written from snnTorch 1.0's backward formulas, evaluated in float64.
-FORMULAS = {
-    "atan": lambda x, a: a / 2 / (1 + (math.pi / 2 * a * x) ** 2),
-    "fast_sigmoid": lambda x, k: 1.0 / (k * x.abs() + 1.0) ** 2,
-    "sigmoid": lambda x, k: k * torch.exp(-k * x) / ((torch.exp(-k * x) + 1) ** 2),
-}
 FACTORIES = {"atan": (surrogate.atan, "alpha", 3.0), "fast_sigmoid": (surrogate.fast_sigmoid, "slope", 7.0),
              "sigmoid": (surrogate.sigmoid, "slope", 4.0)}
-
-
-def _exact(name, param):
-    """A float64-exact surrogate with the formula above (snnTorch's forward returns float32)."""
-
-    class Exact(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, x):
-            ctx.save_for_backward(x)
-            return (x > 0).to(x.dtype)
-
-        @staticmethod
-        def backward(ctx, grad):
-            (x,) = ctx.saved_tensors
-            return grad * FORMULAS[name](x, param)
-
-    return Exact.apply
 
 
 def test_recognises_exactly_the_fusable_builtins():
@@ -66,7 +41,7 @@ def test_fused_gradient_equals_formula_reference(name, scheme):
     cur_ref = cur.detach().clone().requires_grad_()
     v0 = params["potential_rest"].detach().expand(B, N)
     u0 = (params["recovery_sensitivity"] * params["potential_rest"]).detach().expand(B, N)
-    spk_ref, _, v_ref, _ = reference_run(cur_ref, v0, u0, params, scheme=scheme, spike_grad=_exact(name, param))
+    spk_ref, _, v_ref, _ = reference_run(cur_ref, v0, u0, params, scheme=scheme, spike_grad=exact_surrogate(name, param))
     assert torch.equal(spk, spk_ref) and spk.sum() > 0
     w = torch.randn_like(spk)
     ((spk * w).sum() + mem.sum()).backward()

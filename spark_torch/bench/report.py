@@ -68,27 +68,53 @@ def _size(rec):
 
 
 def format_report(res: dict) -> str:
-    m, lines = res["meta"], []
-    lines.append(f"spark_torch benchmark  device {m.get('device', 'cpu')} ({m.get('device_name', '-')})  "
-                 f"torch {m['torch']}  jax {m.get('jax', '-')}  cpus {m['cpu_count']}  "
-                 f"torch threads {m['torch_num_threads']}  kernel {m.get('kernel_backend', '-')}  rounds {m['rounds']} warmup {m['warmup']}  {m['time']}  "
-                 f"load avg {m['loadavg_start'][0]:.1f} -> {m.get('loadavg_end', [float('nan')])[0]:.1f}")
-    w = res["workload"]
-    lines.append(f"workload: {w['neuron']}; {w['dtype']}; {w['input']}; {w['surrogate']}; loss {w['loss']}")
+    """The plain-text report of one benchmark run (what ``bench.txt`` holds): one section per table."""
     names = [n for n, c in res["contenders"].items() if c["status"] == "ok"]
-    for mode in w["modes"]:
-        lines.append(f"\n== {mode}: median [IQR] ms per call ==")
-        lines.append("size".ljust(14) + "".join(n[:22].ljust(24) for n in names))
-        for rec in res["sizes"]:
-            tm = rec["timings"].get(mode, {})
-            lines.append(_size(rec).ljust(14) + "".join((_cell(tm[n]) if n in tm else "skipped").ljust(24) for n in names))
-    lines.append("\n== first call (s; compile included) fwd / fwdbwd ==")
+    lines = _header_lines(res)
+    for mode in res["workload"]["modes"]:
+        lines += _timing_lines(res, mode, names)
+    lines += _first_call_lines(res, names)
+    lines += _spike_count_lines(res)
+    lines += _derived_lines(res)
+    lines += _thread_lines(res)
+    lines += _profile_lines(res)
+    lines += _memory_lines(res)
+    lines += _contender_lines(res)
+    return "\n".join(lines)
+
+
+def _header_lines(res: dict) -> list[str]:
+    """The machine, versions and method settings, and the workload."""
+    m, w = res["meta"], res["workload"]
+    return [f"spark_torch benchmark  device {m.get('device', 'cpu')} ({m.get('device_name', '-')})  "
+            f"torch {m['torch']}  jax {m.get('jax', '-')}  cpus {m['cpu_count']}  "
+            f"torch threads {m['torch_num_threads']}  kernel {m.get('kernel_backend', '-')}  rounds {m['rounds']} "
+            f"warmup {m['warmup']}  {m['time']}  "
+            f"load avg {m['loadavg_start'][0]:.1f} -> {m.get('loadavg_end', [float('nan')])[0]:.1f}",
+            f"workload: {w['neuron']}; {w['dtype']}; {w['input']}; {w['surrogate']}; loss {w['loss']}"]
+
+
+def _timing_lines(res: dict, mode: str, names: list[str]) -> list[str]:
+    """Median [IQR] per size (rows) and contender (columns) for one mode."""
+    lines = [f"\n== {mode}: median [IQR] ms per call ==", "size".ljust(14) + "".join(n[:22].ljust(24) for n in names)]
+    for rec in res["sizes"]:
+        tm = rec["timings"].get(mode, {})
+        lines.append(_size(rec).ljust(14) + "".join((_cell(tm[n]) if n in tm else "skipped").ljust(24) for n in names))
+    return lines
+
+
+def _first_call_lines(res: dict, names: list[str]) -> list[str]:
+    lines = ["\n== first call (s; compile included) fwd / fwdbwd =="]
     for rec in res["sizes"]:
         fc = rec["first_call_s"]
         lines.append(_size(rec).ljust(14) + "  ".join(
             f"{n} {fc.get('fwd', {}).get(n, float('nan')):.2f}/{fc.get('fwdbwd', {}).get(n, float('nan')):.2f}"
             for n in names if n in fc.get("fwdbwd", fc.get("fwd", {}))))
-    lines.append("\n== spike counts (rate Hz; max |diff| per neuron vs torch_eager; agrees?) ==")
+    return lines
+
+
+def _spike_count_lines(res: dict) -> list[str]:
+    lines = ["\n== spike counts (rate Hz; max |diff| per neuron vs torch_eager; agrees?) =="]
     for rec in res["sizes"]:
         parts = []
         for n, c in rec["spike_counts"].items():
@@ -97,39 +123,62 @@ def format_report(res: dict) -> str:
                 extra = f" d{c['max_abs_diff']} {'ok' if c['agrees'] else 'DISAGREES'}"
             parts.append(f"{n} {c['rate_hz']:.1f}{extra}")
         lines.append(_size(rec).ljust(14) + "; ".join(parts))
-    lines.append("\n== derived (spark_seq ratios; <1 is faster) ==")
+    return lines
+
+
+def _derived_lines(res: dict) -> list[str]:
+    lines = ["\n== derived (spark_seq ratios; <1 is faster) =="]
     for rec in res["sizes"]:
         lines.append(_size(rec).ljust(14) + "  ".join(
             f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in rec["derived"].items()))
         for k, why in rec.get("skipped", {}).items():
             lines.append(" " * 14 + f"skipped {k}: {why}")
-    if any("threads" in r for r in res["sizes"]):
-        lines.append("\n== torch.set_num_threads 1 vs 2, fwdbwd median ms ==")
-        for rec in res["sizes"]:
-            if "threads" in rec:
-                lines.append(_size(rec).ljust(14) + "  ".join(f"{k} {_cell(s)}" for k, s in rec["threads"].items()))
-    if any("profile" in r for r in res["sizes"]):
-        lines.append("\n== spark_seq fwdbwd breakdown (ms per call) ==")
-        for rec in res["sizes"]:
-            p = rec.get("profile")
-            if p:
-                keys = ("wall_fwdbwd_ms", "profiled_wall_ms", "op_fwd_ms", "kernel_fwd_ms", "op_bwd_ms", "kernel_bwd_ms",
-                        "torch_rest_ms")
-                lines.append(_size(rec).ljust(14) + "  ".join(f"{k[:-3]} {p[k]:.2f}" for k in keys if k in p))
-                lines.append(" " * 14 + "top self: " + ", ".join(
-                    f"{o['op']} {o['self_ms_per_call']:.2f}" for o in p["top_ops"][:6]))
-    if res["memory"]:
-        lines.append("\n== peak extra memory of one fwd+bwd (fresh process; x input bytes) ==")
-        for r in res["memory"]:
-            val = (f"{r['extra_x_input']:.2f}x ({r['extra_bytes'] / 2**20:.1f} MiB; input "
-                   f"{r['input_bytes'] / 2**20:.1f} MiB; first call {r['first_call_fresh_process_s']:.2f} s)"
-                   if "extra_x_input" in r else f"error: {r['error']}")
-            lines.append(f"{'x'.join(map(str, r['size']))}".ljust(14) + f"{r['contender']:<20}{val}")
-    lines.append("\n== contenders ==")
+    return lines
+
+
+def _thread_lines(res: dict) -> list[str]:
+    if not any("threads" in r for r in res["sizes"]):
+        return []
+    lines = ["\n== torch.set_num_threads 1 vs 2, fwdbwd median ms =="]
+    for rec in res["sizes"]:
+        if "threads" in rec:
+            lines.append(_size(rec).ljust(14) + "  ".join(f"{k} {_cell(s)}" for k, s in rec["threads"].items()))
+    return lines
+
+
+def _profile_lines(res: dict) -> list[str]:
+    if not any("profile" in r for r in res["sizes"]):
+        return []
+    lines = ["\n== spark_seq fwdbwd breakdown (ms per call) =="]
+    keys = ("wall_fwdbwd_ms", "profiled_wall_ms", "op_fwd_ms", "kernel_fwd_ms", "op_bwd_ms", "kernel_bwd_ms",
+            "torch_rest_ms")
+    for rec in res["sizes"]:
+        p = rec.get("profile")
+        if p:
+            lines.append(_size(rec).ljust(14) + "  ".join(f"{k[:-3]} {p[k]:.2f}" for k in keys if k in p))
+            lines.append(" " * 14 + "top self: " + ", ".join(
+                f"{o['op']} {o['self_ms_per_call']:.2f}" for o in p["top_ops"][:6]))
+    return lines
+
+
+def _memory_lines(res: dict) -> list[str]:
+    if not res["memory"]:
+        return []
+    lines = ["\n== peak extra memory of one fwd+bwd (fresh process; x input bytes) =="]
+    for r in res["memory"]:
+        val = (f"{r['extra_x_input']:.2f}x ({r['extra_bytes'] / 2**20:.1f} MiB; input "
+               f"{r['input_bytes'] / 2**20:.1f} MiB; first call {r['first_call_fresh_process_s']:.2f} s)"
+               if "extra_x_input" in r else f"error: {r['error']}")
+        lines.append(f"{'x'.join(map(str, r['size']))}".ljust(14) + f"{r['contender']:<20}{val}")
+    return lines
+
+
+def _contender_lines(res: dict) -> list[str]:
+    lines = ["\n== contenders =="]
     for n, c in res["contenders"].items():
         lines.append(f"{n:<20}{c['status']:<8}same model: {c['same_model']:<28}"
                      f"{c.get('reason', '') if c['status'] != 'ok' else c['note']}")
-    return "\n".join(lines)
+    return lines
 
 
 def plot(results, path=None, mode="fwdbwd"):

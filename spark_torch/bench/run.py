@@ -262,50 +262,15 @@ def _memory(names, size, args, report) -> list:
 
 
 def run(args, report=print) -> dict:
+    """Time every selected contender at every size (and measure memory): the results dict behind
+    ``bench.json`` and :func:`~spark_torch.bench.report.format_report`. ``report`` prints progress."""
     t_start = time.perf_counter()
     report(f"freed memory kept mapped below {kept_freed_memory_threshold()} bytes (spark_torch.tuning; "
            "None: glibc's default)")
     sizes = QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
-    results = {
-        "meta": {"device": args.device, "device_name": _device_name(args.device),
-                 "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
-                 "processor": platform.processor(), "cpu_count": os.cpu_count(),
-                 "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
-                 "kept_freed_memory_threshold": kept_freed_memory_threshold(),
-                 "rounds": args.rounds, "warmup": args.warmup, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
-                 "loadavg_start": list(os.getloadavg())},
-        "workload": {"neuron": "RS a=0.02 b=0.2 c=-65 d=8, v_r=-65, v_pk=30, euler, dt=1 ms", "dtype": "float32",
-                     "input": f"I = {LEVEL} + {NOISE}*N(0,1) mV/ms (R*I), seed 0; ~34 Hz at T=100",
-                     "surrogate": "fast_sigmoid(slope=25) on x=(v*-v_pk)/(v_pk-v_r)",
-                     "loss": "spikes.sum()" if args.loss == "sum" else "(spikes*w).sum(), w~U(0,1)",
-                     "modes": list(args.modes)},
-        "contenders": {}, "sizes": [], "memory": [],
-    }
-    try:
-        import jax
-        results["meta"]["jax"] = jax.__version__
-    except Exception:  # noqa: BLE001
-        pass
-    from .. import kernel
-    results["meta"]["kernel_backend"] = kernel.backend()  # what spark_seq, spark_step and jax_direct run
+    results = {"meta": _meta(args), "workload": _workload(args), "contenders": {}, "sizes": [], "memory": []}
     report(f"spark_torch kernel backend: {results['meta']['kernel_backend']}")
-    contenders = {}
-    for cls in peers.ALL:
-        info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}
-        if cls.name not in args.contenders:
-            by_quick = " (--quick)" if args.quick and cls.name in QUICK_SKIP else ""
-            info.update(status="skipped", reason="not selected" + by_quick)
-        elif args.device not in cls.devices:
-            info.update(status="skipped", reason=f"runs on {', '.join(cls.devices)} only (--device {args.device})")
-        else:
-            try:
-                contenders[cls.name] = cls(loss=args.loss)
-                info["note"] = contenders[cls.name].note or cls.note
-            except peers.Unavailable as e:
-                info.update(status="skipped", reason=str(e))
-        results["contenders"][cls.name] = info
-        if info["status"] == "skipped":
-            report(f"skipped {cls.name}: {info['reason']}")
+    contenders = _set_up_contenders(args, results["contenders"], report)
     for size in sizes:
         report(f"size T,B,N = {size}")
         results["sizes"].append(_time_size(size, contenders, args, report))
@@ -322,6 +287,56 @@ def run(args, report=print) -> dict:
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     results["meta"]["wall_s"] = time.perf_counter() - t_start
     return results
+
+
+def _meta(args) -> dict:
+    """The machine, the versions, the method's settings and the kernel backend of this run."""
+    meta = {"device": args.device, "device_name": _device_name(args.device),
+            "torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine(),
+            "processor": platform.processor(), "cpu_count": os.cpu_count(),
+            "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
+            "kept_freed_memory_threshold": kept_freed_memory_threshold(),
+            "rounds": args.rounds, "warmup": args.warmup, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "loadavg_start": list(os.getloadavg())}
+    try:
+        import jax
+        meta["jax"] = jax.__version__
+    except Exception:  # noqa: BLE001
+        pass
+    from .. import kernel
+    meta["kernel_backend"] = kernel.backend()  # what spark_seq, spark_step and jax_direct run
+    return meta
+
+
+def _workload(args) -> dict:
+    return {"neuron": "RS a=0.02 b=0.2 c=-65 d=8, v_r=-65, v_pk=30, euler, dt=1 ms", "dtype": "float32",
+            "input": f"I = {LEVEL} + {NOISE}*N(0,1) mV/ms (R*I), seed 0; ~34 Hz at T=100",
+            "surrogate": "fast_sigmoid(slope=25) on x=(v*-v_pk)/(v_pk-v_r)",
+            "loss": "spikes.sum()" if args.loss == "sum" else "(spikes*w).sum(), w~U(0,1)",
+            "modes": list(args.modes)}
+
+
+def _set_up_contenders(args, info_by_name: dict, report) -> dict:
+    """Instantiate every selected contender that can run here; ``info_by_name`` gets each one's label,
+    status (``"ok"`` or ``"skipped"``, with the reason) and note. Returns the runnable ones by name."""
+    contenders = {}
+    for cls in peers.ALL:
+        info = {"label": cls.label, "same_model": cls.same_model, "status": "ok", "note": cls.note}
+        if cls.name not in args.contenders:
+            by_quick = " (--quick)" if args.quick and cls.name in QUICK_SKIP else ""
+            info.update(status="skipped", reason="not selected" + by_quick)
+        elif args.device not in cls.devices:
+            info.update(status="skipped", reason=f"runs on {', '.join(cls.devices)} only (--device {args.device})")
+        else:
+            try:
+                contenders[cls.name] = cls(loss=args.loss)
+                info["note"] = contenders[cls.name].note or cls.note
+            except peers.Unavailable as e:
+                info.update(status="skipped", reason=str(e))
+        info_by_name[cls.name] = info
+        if info["status"] == "skipped":
+            report(f"skipped {cls.name}: {info['reason']}")
+    return contenders
 
 
 def _device_name(device: str) -> str:

@@ -3,7 +3,7 @@
 // izhikevich_ffi.cc for the loops over time, the blocking and the threads.
 //
 // Per neuron, membrane v (mV), recovery u (mV/ms), input I (pA), step dt (ms); every operation is
-// evaluated in the element type T, left to right, exactly as spark_torch/kernel.py writes it:
+// evaluated in the element type T, left to right, exactly as spark_torch/kernel/model.py writes it:
 //
 //   f(v, u, I) = 0.04*v*v + 5.0*v + 140.0 - u + R*I
 //   euler:          v* = clip(v + dt*f(v, u, I));                      u* = u + dt*a*(b*v - u)
@@ -65,20 +65,21 @@ struct Integrated {
   T raw_half, v_half, raw, v_star, u_star;
 };
 
+// dt_a = dt*a, the first product of u + dt*a*(b*w - u), rounded once per block (Neurons).
 template <typename T, int kScheme>
-inline Integrated<T> Integrate(T v, T u, T ri, T a, T b, const Constants<T>& k) {
+inline Integrated<T> Integrate(T v, T u, T ri, T dt_a, T b, const Constants<T>& k) {
   Integrated<T> r;
   if constexpr (kScheme == kEuler) {
     r.raw_half = r.v_half = T(0);
     r.raw = v + k.dt * Drive(v, u, ri);
     r.v_star = Clip(r.raw);
-    r.u_star = u + k.dt * a * (b * v - u);
+    r.u_star = u + dt_a * (b * v - u);
   } else {
     r.raw_half = v + k.half * Drive(v, u, ri);
     r.v_half = Clip(r.raw_half);
     r.raw = r.v_half + k.half * Drive(r.v_half, u, ri);
     r.v_star = Clip(r.raw);
-    r.u_star = u + k.dt * a * (b * r.v_star - u);
+    r.u_star = u + dt_a * (b * r.v_star - u);
   }
   return r;
 }
@@ -102,33 +103,43 @@ inline T Derivative(T x, const Constants<T>& k) {
   }
 }
 
-// Forward step t for n neurons: advances (v, u) in place, writes the 0/1 spike, and x and mem when
-// asked for (kX, kMem). p[k] holds parameter k for the same n neurons, scale = 1 / (v_pk - v_r).
+// The time-invariant values of a block of neurons, gathered or derived once per block: p[k] holds
+// parameter k, and dt_a = dt*a, den = v_pk - v_r, scale = 1 / den (each rounded as the formulas do).
+template <typename T>
+struct Neurons {
+  const T* p[kNumParams];
+  const T *dt_a, *den, *scale;
+};
+
+// Forward step for n neurons: reads the pre-step state (v_in, u_in), writes the post-step state to
+// (v_out, u_out) (the same arrays to advance in place, or the next trace rows), the 0/1 spike, and
+// x and mem when asked for (kX, kMem).
 template <typename T, int kScheme, bool kX, bool kMem>
-inline void ForwardStep(int64_t n, const T* current, const T* const* p, const T* scale, T* v, T* u, T* spike,
-                        T* x, T* mem, const Constants<T>& k) {
-  const T *vr = p[kVr], *c = p[kC], *res = p[kR], *vpk = p[kVpk], *a = p[kA], *b = p[kB], *d = p[kD];
+inline void ForwardStep(int64_t n, const T* current, const Neurons<T>& q, const T* v_in, const T* u_in, T* v_out,
+                        T* u_out, T* spike, T* x, T* mem, const Constants<T>& k) {
+  const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
+  const T *dt_a = q.dt_a, *den = q.den, *scale = q.scale;
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
-    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], a[j], b[j], k);
+    const Integrated<T> s = Integrate<T, kScheme>(v_in[j], u_in[j], res[j] * current[j], dt_a[j], b[j], k);
     const bool fired = s.v_star >= vpk[j];
     spike[j] = fired ? T(1) : T(0);
-    if constexpr (kX) x[j] = (s.v_star - vpk[j]) / (vpk[j] - vr[j]);
+    if constexpr (kX) x[j] = (s.v_star - vpk[j]) / den[j];
     const T v_next = fired ? c[j] : s.v_star;
-    v[j] = v_next;
-    u[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
+    v_out[j] = v_next;
+    u_out[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
     if constexpr (kMem) mem[j] = (v_next - vr[j]) * scale[j];
   }
 }
 
 // The forward's u update of one step with its recorded spike: u_next from the pre-step (v, u).
 template <typename T, int kScheme>
-inline void RecomputeRecovery(int64_t n, const T* current, const T* const* p, const T* v, const T* u,
+inline void RecomputeRecovery(int64_t n, const T* current, const Neurons<T>& q, const T* v, const T* u,
                               const T* spike, T* u_next, const Constants<T>& k) {
-  const T *res = p[kR], *a = p[kA], *b = p[kB], *d = p[kD];
+  const T *res = q.p[kR], *b = q.p[kB], *d = q.p[kD], *dt_a = q.dt_a;
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
-    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], a[j], b[j], k);
+    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], dt_a[j], b[j], k);
     u_next[j] = Clip(spike[j] != T(0) ? s.u_star + d[j] : s.u_star);
   }
 }
@@ -146,13 +157,15 @@ struct ReverseRow {
 // The spike is held constant (as the forward's detached reset); the fused surrogate turns the
 // spike's cotangent into dL/dx.
 template <typename T, int kScheme, int kSurrogate, bool kExtra>
-inline void ReverseStep(int64_t n, const ReverseRow<T>& r, const T* const* p, T* carry_v, T* carry_u,
+inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* carry_v, T* carry_u,
                         T* const* acc, const Constants<T>& k) {
-  const T *vr = p[kVr], *c = p[kC], *res = p[kR], *vpk = p[kVpk], *a = p[kA], *b = p[kB], *d = p[kD];
+  const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
+  const T *dt_a = q.dt_a, *dens = q.den, *scale = q.scale;
+  const ReverseRow<T> r = row;  // a local copy: the loop's stores cannot alias its pointers
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
-    const T v = r.v[j], u = r.u[j], current = r.current[j], den = vpk[j] - vr[j];
-    const Integrated<T> s = Integrate<T, kScheme>(v, u, res[j] * current, a[j], b[j], k);
+    const T v = r.v[j], u = r.u[j], current = r.current[j], den = dens[j];
+    const Integrated<T> s = Integrate<T, kScheme>(v, u, res[j] * current, dt_a[j], b[j], k);
     const bool fired = r.spike[j] != T(0);
     const T num_x = s.v_star - vpk[j];
     T g_x = r.g_x[j];
@@ -161,7 +174,7 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& r, const T* const* p, T*
     const T g_u_star = ClipGrad(fired ? s.u_star + d[j] : s.u_star, carry_u[j] + r.g_u[j]);
     const T g_num_x = g_x / den;
     if constexpr (kExtra) {  // x and mem = (v' - v_r) * (1 / (v_pk - v_r)) reach v_r and v_pk; the reset c, d
-      const T num_mem = (fired ? c[j] : s.v_star) - vr[j], inverse = T(1) / den;
+      const T num_mem = (fired ? c[j] : s.v_star) - vr[j], inverse = scale[j];
       const T g_num_mem = r.g_mem[j] * inverse;
       const T g_den = -g_x * num_x / (den * den) + -(r.g_mem[j] * num_mem) * (inverse * inverse);
       g_v_next = g_v_next + g_num_mem;
@@ -172,7 +185,7 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& r, const T* const* p, T*
     }
     T g_v_star = g_num_x + (fired ? T(0) : g_v_next);
     const T w = kScheme == kEuler ? v : s.v_star;  // the membrane value that u* = u + dt*a*(b*w - u) reads
-    const T h = g_u_star * (k.dt * a[j]);
+    const T h = g_u_star * dt_a[j];
     T g_u = g_u_star - h;
     if constexpr (kExtra) {
       acc[kA][j] += g_u_star * (b[j] * w - u) * k.dt;

@@ -2,7 +2,7 @@ r"""The native CPU kernel: the Izhikevich loops fused into one C++ call per dire
 
 :func:`simulate_forward` and :func:`simulate_backward` have the signatures and results of
 :data:`spark_torch.kernel.xla_simulate_forward` / :data:`spark_torch.kernel.xla_simulate_backward`
-(the reference: :func:`spark_torch.kernel._simulate`, :func:`spark_torch.kernel._simulate_bwd`), with
+(the reference: :func:`spark_torch.kernel.lax_loops.forward_loop` and ``reverse_loop``), with
 the same equations, bound, options and output shapes; each is a jitted function whose body is a
 single ``jax.ffi.ffi_call`` (plus free reshapes and the parameter gradients' reduction), compiled once
 per shape and static options. ``dt`` and ``scheme`` cross as FFI attributes; ``n_steps`` as a runtime
@@ -10,10 +10,10 @@ int32 scalar, so a padded buffer runs only its first ``n_steps`` rows (the rest 
 ``n_steps`` outside ``[0, T_buf]`` is clamped to it).
 
 The C++ source (``izhikevich.h``, ``izhikevich_ffi.cc``, shipped in this package) evaluates every
-formula in the input's dtype, operation by operation in the order :mod:`spark_torch.kernel` writes it,
+formula in the input's dtype, operation by operation in the order :mod:`spark_torch.kernel.model` writes it,
 with no fused multiply-add, so float64 results equal an IEEE evaluation of those formulas (the XLA
 loop may contract into FMAs: it agrees to rounding). It is compiled on first use and cached
-(:mod:`spark_torch.native._build`); :func:`load` says whether that worked.
+(:mod:`spark_torch.kernel.native._build`); :func:`load` says whether that worked.
 
 Operand layout: state and parameters reach C++ as flat *periodic* arrays of ``P`` elements, neuron
 ``i`` (row-major over ``[*batch, *units]``) reading element ``i % P``: a scalar (``P = 1``), per-unit
@@ -35,9 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import kernel as _kernel
-from ..kernel import (MIN_BUFFER_STEPS, SCHEMES, IzhikevichParams, IzhikevichState, Trajectory,
-                      recovery_checkpoint_interval)
+from .. import lax_loops
+from ..model import (MIN_BUFFER_STEPS, SCHEMES, IzhikevichParams, IzhikevichState, Trajectory,
+                     recovery_checkpoint_interval, sum_to_shape)
 from . import _build
 from ._build import Library, Unavailable, cache_dir
 
@@ -57,7 +57,7 @@ _lock = threading.Lock()
 def load() -> Library:
     """Build or load the library and register its FFI targets (once per process, thread-safe).
 
-    Returns the :class:`~spark_torch.native._build.Library` (with the recorded compile time,
+    Returns the :class:`~spark_torch.kernel.native._build.Library` (with the recorded compile time,
     ``build_seconds``, and whether this process compiled it, ``built_here``); raises
     :class:`Unavailable` (every later call too) when there is no working C++ compiler or the build fails.
     """
@@ -102,14 +102,15 @@ def _empty(dtype) -> jax.Array:
 def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
                      spike_dtype=None, return_x: bool = True, return_mem: bool = False,
                      trace_state: bool = True, recovery_every: int = 0) -> Trajectory:
-    """:func:`spark_torch.kernel._simulate` as one FFI call (same arguments, results and errors)."""
+    """:func:`spark_torch.kernel.lax_loops.forward_loop` as one FFI call (same arguments, results and errors)."""
     if current.dtype not in _NATIVE_DTYPES:
-        return _kernel._simulate(current, state, params, n_steps, dt, scheme, spike_dtype, return_x, return_mem,
-                                 trace_state, recovery_every)
+        return lax_loops.forward_loop(current, state, params, n_steps, dt, scheme, spike_dtype, return_x, return_mem,
+                                      trace_state, recovery_every)
     if scheme not in SCHEMES:
         raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
     load()
-    dtype, spike_dtype = current.dtype, jnp.bool_ if spike_dtype is None else spike_dtype
+    dtype, spike_dtype = current.dtype, jnp.dtype(jnp.bool_ if spike_dtype is None else spike_dtype)
+    kernel_spike_dtype = spike_dtype if spike_dtype in (jnp.dtype(jnp.bool_), dtype) else dtype  # cast after
     n_rows, state_shape = current.shape[0], tuple(current.shape[1:])
     n_buffer = max(n_rows, MIN_BUFFER_STEPS)
     every = recovery_every if trace_state else 0
@@ -117,7 +118,7 @@ def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, 
         raise ValueError(f"`recovery_every` (={every}) must be recovery_checkpoint_interval({n_buffer}) "
                          f"= {recovery_checkpoint_interval(n_buffer)} for a {n_buffer}-row buffer")
     steps, final = current.shape, (1, *state_shape)
-    results = (jax.ShapeDtypeStruct(steps, spike_dtype),
+    results = (jax.ShapeDtypeStruct(steps, kernel_spike_dtype),
                jax.ShapeDtypeStruct(steps if return_x else (0,), dtype),
                jax.ShapeDtypeStruct(steps if trace_state else final, dtype),
                jax.ShapeDtypeStruct(steps if trace_state and not every else final, dtype),
@@ -128,7 +129,7 @@ def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, 
     spikes, x, v, u, mem, checkpoints = jax.ffi.ffi_call(FORWARD_TARGET, results, vmap_method="sequential")(
         *operands, dt=np.float64(dt), scheme=np.int64(SCHEMES.index(scheme)), trace_state=np.int64(trace_state),
         every=np.int64(every))
-    return Trajectory(spikes, x if return_x else None, v, u, mem if return_mem else None,
+    return Trajectory(spikes.astype(spike_dtype), x if return_x else None, v, u, mem if return_mem else None,
                       checkpoints if every else None)
 
 
@@ -156,10 +157,10 @@ def _cotangent_operands(cotangents, current, checkpointed: bool):
 def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
                          n_steps, dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
                          surrogate: tuple[str, float] | None = None):
-    """:func:`spark_torch.kernel._simulate_bwd` as one FFI call (same arguments, results and errors)."""
+    """:func:`spark_torch.kernel.lax_loops.reverse_loop` as one FFI call (same arguments, results and errors)."""
     if current.dtype not in _NATIVE_DTYPES:
-        return _kernel._simulate_bwd(current, state, params, traj, cotangents, n_steps, dt, scheme, param_mask,
-                                     surrogate)
+        return lax_loops.reverse_loop(current, state, params, traj, cotangents, n_steps, dt, scheme, param_mask,
+                                      surrogate)
     if scheme not in SCHEMES:
         raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
     if surrogate is not None and surrogate[0] not in SURROGATES:
@@ -185,9 +186,8 @@ def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichPara
         surrogate=np.int64(0 if surrogate is None else 1 + SURROGATES.index(surrogate[0])),
         surrogate_param=np.float64(0.0 if surrogate is None else surrogate[1]), every=np.int64(every),
         per_step=np.int64(per_step))
-    reduce = _kernel._sum_to_shape
-    g_state = IzhikevichState(reduce(g_v0, jnp.shape(state.v)), reduce(g_u0, jnp.shape(state.u)))
-    g_params = IzhikevichParams(*(reduce(g, jnp.shape(q)) if wanted else None
+    g_state = IzhikevichState(sum_to_shape(g_v0, jnp.shape(state.v)), sum_to_shape(g_u0, jnp.shape(state.u)))
+    g_params = IzhikevichParams(*(sum_to_shape(g, jnp.shape(q)) if wanted else None
                                   for g, q, wanted in zip(g_params, params, mask)))
     return g_current, g_state, g_params
 

@@ -1,6 +1,6 @@
 // XLA FFI handlers for the fused Izhikevich loops: one custom call runs all time steps of the
 // forward (spark_torch_izhikevich_fwd) or of the reverse pass (spark_torch_izhikevich_bwd).
-// spark_torch/native/__init__.py prepares the operands and documents each one.
+// spark_torch/kernel/native/__init__.py prepares the operands and documents each one.
 //
 // Layout: every time buffer is [T_buf, M] (row-major; M = neurons = prod of the state shape). A
 // time-constant operand (state, parameter, time-constant cotangent) of P elements is periodic:
@@ -9,17 +9,23 @@
 //
 // Work split: neurons are cut into blocks of kBlockBytes (izhikevich_loops.h); a block's state,
 // parameters and gradient carries stay in a small scratch area (L1/L2) for all time steps, and the
-// time loop runs inside the block. Contiguous ranges of blocks ("chunks") run in parallel on XLA's intra-op
-// thread pool; the calling thread takes chunks too, so a busy pool only costs parallelism. Small
+// time loop runs inside the block. Runs of consecutive blocks are claimed one at a time by the calling
+// thread and by tasks on XLA's intra-op thread pool, so a busy pool only costs parallelism. Small
 // problems (below kParallelWork neuron-steps) run on the calling thread alone.
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
+
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "izhikevich_loops.h"
 #include "xla/ffi/api/ffi.h"
@@ -31,47 +37,97 @@ namespace {
 
 constexpr int64_t kParallelWork = int64_t{1} << 18;  // neuron-steps below which one thread is faster
 
-// Runs body(c) for c in [0, n_chunks): chunks are claimed from a shared counter by the caller and
-// by pool tasks; the caller waits only for chunks that a pool thread has claimed (and so runs).
-template <typename F>
-void ParallelFor(ffi::ThreadPool& pool, int64_t n_chunks, F& body) {
-  struct Counters {
-    std::atomic<int64_t> next{0}, done{0};
-  };
-  auto counters = std::make_shared<Counters>();
-  auto work = [counters, n_chunks, body_ptr = &body]() {
-    for (int64_t c; (c = counters->next.fetch_add(1)) < n_chunks;) {
-      (*body_ptr)(c);
-      counters->done.fetch_add(1, std::memory_order_release);
-    }
-  };
-  for (int64_t i = 1; i < n_chunks; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  while (counters->done.load(std::memory_order_acquire) < n_chunks) std::this_thread::yield();
-}
+// A worker's scratch area, aligned to a cache line (as are its rows: kBlockBytes is a multiple of 64).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(size_t size) : storage_(size + kAlign / sizeof(T)) {}
+  T* data() {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+    return reinterpret_cast<T*>((address + kAlign - 1) & ~uintptr_t{kAlign - 1});
+  }
 
-// Splits M neurons into blocks and the blocks into chunks; block(j0, n, scratch) does one block.
+ private:
+  static constexpr size_t kAlign = 64;
+  std::vector<T> storage_;
+};
+
+// Runs block(j0, n, scratch) for every block of neurons. Workers (the calling thread and up to one
+// pool task per further core) claim runs of `grain` blocks from a shared counter, so a task that
+// starts late or is preempted just takes fewer runs; the caller waits only for runs already claimed.
 template <typename T, typename Block>
 void ForEachBlock(ffi::ThreadPool& pool, int64_t m, int64_t n_steps, size_t scratch_size, Block block) {
   const int64_t n_blocks = (m + kBlock<T> - 1) / kBlock<T>;
   static const int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());  // a syscall: once
-  const int64_t n_chunks = n_steps * m < kParallelWork
-                               ? std::min<int64_t>(n_blocks, 1)
-                               : std::min({n_blocks, cores, std::max<int64_t>(1, pool.num_threads())});
-  auto chunk = [&](int64_t c) {
-    std::vector<T> scratch(scratch_size);
-    for (int64_t i = c * n_blocks / n_chunks; i < (c + 1) * n_blocks / n_chunks; ++i) {
-      const int64_t j0 = i * kBlock<T>;
-      block(j0, std::min(kBlock<T>, m - j0), scratch.data());
+  const int64_t n_workers = n_steps * m < kParallelWork
+                                ? 1
+                                : std::min({n_blocks, cores, std::max<int64_t>(1, pool.num_threads())});
+  const int64_t grain = std::max<int64_t>(1, n_blocks / (8 * n_workers));  // ~8 runs per worker
+  const int64_t n_runs = (n_blocks + grain - 1) / grain;
+  auto run = [&](int64_t i, T* scratch) {
+    for (int64_t b = i * grain; b < std::min((i + 1) * grain, n_blocks); ++b) {
+      const int64_t j0 = b * kBlock<T>;
+      block(j0, std::min(kBlock<T>, m - j0), scratch);
     }
   };
-  if (n_chunks == 1) return chunk(0);
-  ParallelFor(pool, n_chunks, chunk);
+  if (n_workers == 1) {
+    Scratch<T> scratch(scratch_size);
+    for (int64_t i = 0; i < n_runs; ++i) run(i, scratch.data());
+    return;
+  }
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::condition_variable all_done;
+  };
+  auto shared = std::make_shared<Shared>();  // outlives this call for tasks that start after it
+  auto work = [shared, n_runs, scratch_size, run_ptr = &run]() {
+    std::unique_ptr<Scratch<T>> scratch;  // allocated once this task has claimed a run
+    for (int64_t i; (i = shared->next.fetch_add(1, std::memory_order_relaxed)) < n_runs;) {
+      if (!scratch) scratch = std::make_unique<Scratch<T>>(scratch_size);
+      (*run_ptr)(i, scratch->data());
+      if (shared->done.fetch_add(1, std::memory_order_acq_rel) + 1 == n_runs) {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        shared->all_done.notify_all();
+      }
+    }
+  };
+  for (int64_t i = 1; i < n_workers; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  // Runs claimed by other tasks are still going: spin briefly, then sleep, which frees this core for
+  // them when the machine is oversubscribed (a spinning caller would hold it).
+  auto finished = [&] { return shared->done.load(std::memory_order_acquire) == n_runs; };
+  for (int spin = 0; spin < 1000 && !finished(); ++spin) std::this_thread::yield();
+  if (!finished()) {
+    std::unique_lock<std::mutex> lock(shared->mutex);
+    shared->all_done.wait(lock, finished);
+  }
 }
 
 template <typename T>
 void Zero(T* data, int64_t count) {
   if (count > 0) std::memset(data, 0, count * sizeof(T));
+}
+
+// Results are usually fresh memory that the loops touch first: one page fault per 4 KiB page, which
+// costs as much as the arithmetic on large problems. Transparent huge pages for the whole 2 MiB pages
+// inside a result (never memory outside it) take one fault per 2 MiB; madvise is only a hint, a
+// no-op where THP is off or unsupported.
+void PreferHugePages(void* data, int64_t bytes) {
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  if (data == nullptr || bytes < static_cast<int64_t>(kHuge)) return;
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + kHuge - 1) & ~(kHuge - 1);
+  const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) & ~(kHuge - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_HUGEPAGE);
+#endif
+}
+
+void PreferHugePages(ffi::RemainingRets& rets) {
+  for (size_t i = 0; i < rets.size(); ++i) {
+    auto ret = rets.get<ffi::AnyBuffer>(i);
+    if (!ret.has_error()) PreferHugePages((*ret.value()).untyped_data(), (*ret.value()).size_bytes());
+  }
 }
 
 // ---- operand decoding -------------------------------------------------------------------------
@@ -171,12 +227,16 @@ ffi::Error ForwardTyped(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi::Re
   f.n_steps = StepCount(n_steps, shape.t_buf);
   IZH_TRY(spikes, rets.get<ffi::AnyBuffer>(0));
   const bool spikes_bool = (*spikes).element_type() == ffi::PRED;
+  if (!spikes_bool && (*spikes).element_type() != current.element_type()) {
+    return ffi::Error::InvalidArgument("`spikes` must be bool or of the dtype of `current`");
+  }
   f.spikes = spikes_bool ? nullptr : static_cast<T*>((*spikes).untyped_data());
   f.spikes_bool = spikes_bool ? static_cast<uint8_t*>((*spikes).untyped_data()) : nullptr;
   f.x = Out<T>(rets, 1), f.v = Out<T>(rets, 2), f.u = Out<T>(rets, 3), f.mem = Out<T>(rets, 4);
   int64_t n_checkpoint_values = 0;
   f.checkpoints = Out<T>(rets, 5, &n_checkpoint_values);
   if (f.m == 0) return ffi::Error::Success();
+  PreferHugePages(rets);
   // rows (and checkpoints) past n_steps stay zero
   const int64_t tail = (shape.t_buf - f.n_steps) * f.m, done = f.n_steps * f.m;
   if (spikes_bool) std::memset(f.spikes_bool + done, 0, tail);
@@ -257,6 +317,7 @@ ffi::Error ReverseTyped(ffi::ThreadPool& pool, ffi::RemainingArgs& args, ffi::Re
   bool extra = r.g_mem.per_step || r.g_mem.constant.period;
   for (int i = 0; i < kNumParams; ++i) extra |= (r.g_params[i] = Out<T>(rets, 3 + i)) != nullptr;
   if (r.m == 0) return ffi::Error::Success();
+  PreferHugePages(rets);
   Zero(r.g_current + r.n_steps * r.m, (shape.t_buf - r.n_steps) * r.m);
   if (!r.g_spikes.per_step && !r.g_spikes.constant.period) surrogate = kNoSurrogate;
   const ReverseBlockFn<T> block = scheme == kEuler ? SelectReverse<T, kEuler>(surrogate, extra)

@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from spark_torch import IzhikevichSoma
-from spark_torch.training import (DigitsData, LoopNet, TrainConfig, build_network, load_digits_data,
-                                  plot_training_curves, rate_encode, run_network, train)
+from spark_torch.demo import (DigitsData, LoopNet, TrainConfig, build_network, load_digits_data,
+                              plot_training_curves, rate_encode, run_network, train)
 from spark_torch.patterns import simulate_presets
 
 BUDGET = {"izhikevich": dict(epochs=4, num_steps=10), "leaky": dict(epochs=2, num_steps=10)}

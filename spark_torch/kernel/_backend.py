@@ -4,7 +4,7 @@ Public through :mod:`spark_torch.kernel` (``kernel.set_backend``, ``kernel.backe
 ``kernel.use_backend``); :func:`dispatchers` makes ``kernel.simulate_forward`` and
 ``kernel.simulate_backward``.
 
-Backends: ``"native"`` (:mod:`spark_torch.native`: one fused C++ call per direction, CPU only),
+Backends: ``"native"`` (:mod:`spark_torch.kernel.native`: one fused C++ call per direction, CPU only),
 ``"xla"`` (:data:`spark_torch.kernel.xla_simulate_forward` / ``xla_simulate_backward``), and
 ``"auto"``: native if it builds, else xla with one warning per process. The initial choice comes from
 the environment variable ``SPARK_TORCH_KERNEL`` (``native``, ``xla`` or ``auto``; default ``auto``),
@@ -42,7 +42,7 @@ _warned = False
 
 
 def _native_choice() -> _Choice:
-    """The native implementation; raises :class:`spark_torch.native.Unavailable` with the reason."""
+    """The native implementation; raises :class:`spark_torch.kernel.native.Unavailable` with the reason."""
     from . import native
 
     native.load()

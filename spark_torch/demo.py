@@ -1,4 +1,4 @@
-r"""The demo's training: snnTorch pipelines on scikit-learn's digits, Izhikevich vs ``snn.Leaky``.
+r"""What ``spark-torch demo`` trains: snnTorch pipelines on scikit-learn's digits, Izhikevich vs ``snn.Leaky``.
 
 Nothing here parses command lines (that is :mod:`spark_torch.cli`); everything is a plain function
 or dataclass that a notebook or a test can call.

@@ -3,8 +3,9 @@
 // decodes the operands into Forward / Reverse and runs the blocks on threads.
 //
 // Layout: every time buffer is [T_buf, M] (row-major; M = neurons = prod of the state shape); a block
-// is the neurons [j0, j0 + n), n <= kBlock<T>. Its state, parameters, gradient carries and time-constant
-// operands are gathered once into `scratch` (a few KiB: L1/L2) and stay there for all time steps.
+// is the neurons [j0, j0 + n), n <= kBlock<T>. Its parameters, gradient carries and time-constant
+// operands are gathered once into `scratch` (a few KiB: L1/L2) and stay there for all time steps; so
+// does the forward's state, unless it is traced (then each step reads the row the previous one wrote).
 #ifndef SPARK_TORCH_IZHIKEVICH_LOOPS_H_
 #define SPARK_TORCH_IZHIKEVICH_LOOPS_H_
 
@@ -16,7 +17,7 @@
 
 namespace izh {
 
-constexpr int64_t kBlockBytes = 1024;
+constexpr int64_t kBlockBytes = 1024;  // a multiple of the 64-byte cache line: scratch rows stay aligned
 
 template <typename T>
 constexpr int64_t kBlock = kBlockBytes / sizeof(T);
@@ -49,6 +50,29 @@ struct Cotangent {
   const T* per_step = nullptr;
 };
 
+// The rows of a block's Neurons in scratch: the seven parameters, then dt_a, den and scale.
+constexpr int kNeuronRows = kNumParams + 3;
+
+// Gathers the parameters of neurons [j0, j0 + n) into `local` (kNeuronRows rows of kBlock<T>) and
+// derives the rest of Neurons from them.
+template <typename T>
+Neurons<T> GatherNeurons(const Periodic<T>* params, int64_t j0, int64_t n, T dt, T* local) {
+  constexpr int64_t B = kBlock<T>;
+  Neurons<T> q;
+  for (int i = 0; i < kNumParams; ++i) {
+    params[i].Gather(j0, n, local + i * B);
+    q.p[i] = local + i * B;
+  }
+  T *dt_a = local + kNumParams * B, *den = dt_a + B, *scale = den + B;
+  for (int64_t j = 0; j < n; ++j) {
+    dt_a[j] = dt * q.p[kA][j];
+    den[j] = q.p[kVpk][j] - q.p[kVr][j];
+    scale[j] = T(1) / den[j];
+  }
+  q.dt_a = dt_a, q.den = den, q.scale = scale;
+  return q;
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 template <typename T>
@@ -62,38 +86,35 @@ struct Forward {
   uint8_t* spikes_bool;
 };
 
-// Scratch values per block: v, u, a 0/1 spike row, 1 / (v_pk - v_r), and the seven parameters.
+// Scratch values per block: v, u, a 0/1 spike row, and the Neurons.
 template <typename T>
 constexpr size_t ForwardScratch() {
-  return (4 + kNumParams) * kBlock<T>;
+  return (3 + kNeuronRows) * kBlock<T>;
 }
 
+// The state lives in scratch when it is not traced; when it is, each step reads the previous trace
+// row and writes the next one (u: unless only checkpoints of it are kept).
 template <typename T, int kScheme, bool kX, bool kMem>
 void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
   constexpr int64_t B = kBlock<T>;
-  T *v = scratch, *u = v + B, *spike_tmp = u + B, *scale = spike_tmp + B;
-  const T* p[kNumParams];
-  for (int i = 0; i < kNumParams; ++i) {
-    f.params[i].Gather(j0, n, scale + (i + 1) * B);
-    p[i] = scale + (i + 1) * B;
-  }
-  for (int64_t j = 0; j < n; ++j) scale[j] = T(1) / (p[kVpk][j] - p[kVr][j]);  // mem's, time-invariant
+  T *v = scratch, *u = v + B, *spike_tmp = u + B;
+  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, spike_tmp + B);
   f.v0.Gather(j0, n, v);
   f.u0.Gather(j0, n, u);
+  const T *v_in = v, *u_in = u;
   for (int64_t t = 0; t < f.n_steps; ++t) {
     const int64_t row = t * f.m + j0;
-    if (f.every && t % f.every == 0) std::copy_n(u, n, f.checkpoints + t / f.every * f.m + j0);
+    if (f.every && t % f.every == 0) std::copy_n(u_in, n, f.checkpoints + t / f.every * f.m + j0);
     T* spike = f.spikes ? f.spikes + row : spike_tmp;
-    ForwardStep<T, kScheme, kX, kMem>(n, f.current + row, p, scale, v, u, spike, kX ? f.x + row : nullptr,
-                                      kMem ? f.mem + row : nullptr, f.k);
+    T* v_out = f.trace_state ? f.v + row : v;
+    T* u_out = f.trace_state && !f.every ? f.u + row : u;
+    ForwardStep<T, kScheme, kX, kMem>(n, f.current + row, q, v_in, u_in, v_out, u_out, spike,
+                                      kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr, f.k);
     if (!f.spikes) for (int64_t j = 0; j < n; ++j) f.spikes_bool[row + j] = spike_tmp[j] != T(0);
-    if (f.trace_state) {
-      std::copy_n(v, n, f.v + row);
-      if (!f.every) std::copy_n(u, n, f.u + row);
-    }
+    v_in = v_out, u_in = u_out;
   }
-  if (!f.trace_state) std::copy_n(v, n, f.v + j0);
-  if (!f.trace_state || f.every) std::copy_n(u, n, f.u + j0);
+  if (!f.trace_state) std::copy_n(v_in, n, f.v + j0);
+  if (!f.trace_state || f.every) std::copy_n(u_in, n, f.u + j0);
 }
 
 template <typename T>
@@ -119,26 +140,23 @@ struct Reverse {
   T *g_current, *g_v0, *g_u0, *g_params[kNumParams];  // g_params[i] null: not wanted
 };
 
-// Scratch values per block: parameters and their gradient sums (7 + 7), the carries, the initial
+// Scratch values per block: the Neurons, the parameters' gradient sums, the carries, the initial
 // state, a zero row, a 0/1 spike row, five time-constant cotangents, and `every` rows of recomputed u.
 template <typename T>
 size_t ReverseScratch(int64_t every) {
-  return (2 * kNumParams + 11 + std::max<int64_t>(every, 1)) * kBlock<T>;
+  return (kNeuronRows + kNumParams + 11 + std::max<int64_t>(every, 1)) * kBlock<T>;
 }
 
 template <typename T, int kScheme, int kSurrogate, bool kExtra>
 void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   constexpr int64_t B = kBlock<T>;
-  const T* p[kNumParams];
+  const Neurons<T> q = GatherNeurons(r.params, j0, n, r.k.dt, scratch);
   T* acc[kNumParams];
   for (int i = 0; i < kNumParams; ++i) {
-    T* local = scratch + i * B;
-    r.params[i].Gather(j0, n, local);
-    p[i] = local;
-    acc[i] = scratch + (kNumParams + i) * B;
+    acc[i] = scratch + (kNeuronRows + i) * B;
     std::fill_n(acc[i], n, T(0));
   }
-  T *carry_v = scratch + 2 * kNumParams * B, *carry_u = carry_v + B, *v0 = carry_u + B, *u0 = v0 + B;
+  T *carry_v = scratch + (kNeuronRows + kNumParams) * B, *carry_u = carry_v + B, *v0 = carry_u + B, *u0 = v0 + B;
   T *zeros = u0 + B, *spike_tmp = zeros + B, *constants = spike_tmp + B, *u_block = constants + 5 * B;
   std::fill_n(carry_v, n, T(0));
   std::fill_n(zeros, n, T(0));
@@ -162,7 +180,7 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
     const int64_t row = t * r.m + j0;
     const ReverseRow<T> rows{v_before(t), u, r.current + row, spike_at(t), row_of(0, t), row_of(1, t),
                              row_of(2, t), row_of(3, t), row_of(4, t), r.g_current + row};
-    ReverseStep<T, kScheme, kSurrogate, kExtra>(n, rows, p, carry_v, carry_u, acc, r.k);
+    ReverseStep<T, kScheme, kSurrogate, kExtra>(n, rows, q, carry_v, carry_u, acc, r.k);
   };
   if (!r.every) {
     for (int64_t t = r.n_steps - 1; t >= 0; --t) reverse_at(t, t ? r.u_trace + (t - 1) * r.m + j0 : u0);
@@ -171,7 +189,7 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
       const int64_t stop = std::min(first + r.every, r.n_steps);
       std::copy_n(r.checkpoints + first / r.every * r.m + j0, n, u_block);
       for (int64_t t = first; t + 1 < stop; ++t) {
-        RecomputeRecovery<T, kScheme>(n, r.current + t * r.m + j0, p, v_before(t), u_block + (t - first) * B,
+        RecomputeRecovery<T, kScheme>(n, r.current + t * r.m + j0, q, v_before(t), u_block + (t - first) * B,
                                       spike_at(t), u_block + (t - first + 1) * B, r.k);
       }
       for (int64_t t = stop - 1; t >= first; --t) reverse_at(t, u_block + (t - first) * B);

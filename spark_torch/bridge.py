@@ -239,7 +239,7 @@ def arrays_to_torch(arrays: tuple, on_cpu: bool) -> list:
     fast = _fast_cpu() if on_cpu else None
     if fast is None:
         return [None if a is None else to_torch(a.block_until_ready()) for a in arrays]
-    crossings["to_torch"] += sum(a is not None for a in arrays)
+    crossings["to_torch"] += len(arrays) - arrays.count(None)
     return [None if a is None else torch.utils.dlpack.from_dlpack(fast.export(a.block_until_ready(), stream=None))
             for a in arrays]
 

@@ -8,6 +8,9 @@ Design note — who owns a buffer, and when a copy happens:
   fresh, aligned torch buffer, and every such copy is recorded in :data:`copy_counts` (and warned
   about when :func:`warn_on_copy` is on). The import itself runs with ``copy=False``: if JAX would
   copy anything behind our back, it raises instead.
+* Small eager CPU calls on the native kernel do not cross at all (:mod:`spark_torch.native_calls`: its C
+  loops read and write torch's memory in place): only non-contiguous inputs are copied for them
+  (:func:`explicit_copy`, counted the same way); alignment does not matter there.
 * JAX -> torch (:func:`to_torch`): JAX results are fresh buffers; torch wraps them without a copy.
   :func:`to_torch` first blocks until the whole computation that produced them is finished, because
   JAX dispatch is asynchronous (on CPU too): otherwise torch could read a buffer that is still being
@@ -111,14 +114,16 @@ def shares_memory_layout(tensor: torch.Tensor) -> bool:
     return tensor.is_contiguous() and tensor.data_ptr() % ALIGNMENT_BYTES == 0
 
 
-def _explicit_copy(tensor: torch.Tensor, name: str) -> torch.Tensor:
+def explicit_copy(tensor: torch.Tensor, name: str) -> torch.Tensor:
+    """A contiguous, 64-byte aligned copy of ``tensor`` for the kernel, counted in :data:`copy_counts` (by
+    reason: ``"non-contiguous"`` or ``"misaligned"``) and announced when :func:`warn_on_copy` is on."""
     reason = "non-contiguous" if not tensor.is_contiguous() else "misaligned"
     copy_counts[reason] += 1
     if _warn_on_copy:
         warnings.warn(
             f"spark_torch: copying `{name}` ({reason}, shape {tuple(tensor.shape)}, strides "
             f"{tensor.stride()}, data_ptr % {ALIGNMENT_BYTES} = {tensor.data_ptr() % ALIGNMENT_BYTES}) "
-            "before handing it to JAX", stacklevel=3)
+            "before handing it to the kernel", stacklevel=3)
     # A fresh allocation from torch's allocator is 64-byte aligned and contiguous.
     return torch.empty(tensor.shape, dtype=tensor.dtype, device=tensor.device).copy_(tensor)
 
@@ -156,7 +161,7 @@ def to_jax(tensor: torch.Tensor, name: str = "tensor") -> jax.Array:
     if tensor.device.type != "cpu":
         _check_device_reachable(tensor, name)
     if not shares_memory_layout(tensor):
-        tensor = _explicit_copy(tensor, name)
+        tensor = explicit_copy(tensor, name)
     fast = _fast_cpu() if tensor.device.type == "cpu" else None
     if fast is not None:
         array = fast.import_(torch.utils.dlpack.to_dlpack(tensor), fast.device, None, False, 1)

@@ -46,7 +46,7 @@ import jax
 import numpy as np
 import torch
 
-from . import __version__, bridge
+from . import __version__, bridge, native_calls
 from .kernel import (IzhikevichParams, IzhikevichState, Trajectory, precision_scope,
                      recovery_checkpoint_interval, simulate_backward, simulate_forward)
 
@@ -173,12 +173,10 @@ def _save_for_backward(ctx, current, v0, u0, params, dt, scheme, surrogate, surr
                        output):
     spikes, x, v, u, mem, u_checkpoints = output
     ctx.save_for_backward(current, v0, u0, *params, spikes, v, u, u_checkpoints)
-    ctx.mark_non_differentiable(u_checkpoints)
     ctx.recovery_checkpoints = recovery_checkpoints
-    if surrogate:
-        ctx.mark_non_differentiable(x)  # empty placeholder
-    else:
-        ctx.mark_non_differentiable(spikes)  # 0/1 values: gradients come through x (the surrogate's input)
+    # one call (a second would replace the first): the checkpoints, and either x (an empty placeholder when the
+    # surrogate is fused) or the 0/1 spikes (whose gradient then comes through x, the surrogate's input)
+    ctx.mark_non_differentiable(u_checkpoints, x if surrogate else spikes)
     ctx.set_materialize_grads(False)  # unused outputs send None, not [T, B, N] zeros to the reverse scan
     ctx.dt, ctx.scheme, ctx.surrogate, ctx.surrogate_param = dt, scheme, surrogate, surrogate_param
     ctx.param_mask = [p.requires_grad for p in params]
@@ -412,7 +410,12 @@ def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list
     if torch.compiler.is_compiling():
         return izhikevich_scan(current, v0, u0, params, dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
     _check_not_forked()
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (current, v0, u0, *params))):
+    differentiable = torch.is_grad_enabled() and any(t.requires_grad for t in (current, v0, u0, *params))
+    entry = None if recovery_checkpoints and differentiable else native_calls.entry_points_for(current)
+    if entry is not None:
+        return native_calls.scan(entry, current, v0, u0, params, float(dt), scheme, surrogate, surrogate_param,
+                                 differentiable)
+    if not differentiable:
         return _forward_impl(current, v0, u0, params, dt, scheme, surrogate, trace_state=False,
                              param_views=param_views)
     return _EagerScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, recovery_checkpoints, param_views,

@@ -1,7 +1,14 @@
-"""The eager step call, ``spk, mem = layer(cur, mem)``: one autograd node, one JAX execution per direction.
+"""The eager step call, ``spk, mem = layer(cur, mem)``: one autograd node, one kernel execution per direction.
 
 A step-mode layer in an snnTorch loop calls the kernel once per time step, so what a call costs beyond
-the kernel's arithmetic is paid ``T`` times. This path keeps that to the minimum the boundary allows:
+the kernel's arithmetic is paid ``T`` times. Two paths, chosen per call:
+
+**Direct** (small CPU calls with the native backend, :func:`spark_torch.native_calls.entry_points_for`):
+the native kernel's C loops run on the tensors' memory (:mod:`spark_torch.native_calls`), without XLA's
+runtime and without DLPack; results bit-identical to the JAX path's (parameter gradients to rounding).
+
+**Through JAX** (everything else: the XLA backend, CUDA, other dtypes, large layers), kept to the minimum
+the boundary allows:
 
 * one jitted call per direction (:func:`spark_torch.kernel.step_calls.step_forward` / ``step_backward``),
   every array at the state's shape ``[*batch, *units]`` (no time axis to add or strip in torch);
@@ -25,9 +32,8 @@ from typing import NamedTuple
 
 import torch
 
-from . import bridge, kernel
-from .kernel import step_calls
-from .kernel import IzhikevichParams, precision_scope
+from . import bridge, kernel, native_calls
+from .kernel import IzhikevichParams, precision_scope, step_calls
 from .ops import N_PARAMS, _check_not_forked, _np_dtype, _step_count, _sum_to, _uniform_as_scalar, cotangent_to_jax
 
 class StepCall(NamedTuple):
@@ -90,6 +96,7 @@ def _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem):
     return (*grads[:3], None, *(None if g is None else _sum_to(g, p) for g, p in zip(grads[3:], params)))
 
 
+# ------------------------------------------------------------------------------------------------ autograd
 class _Step(torch.autograd.Function):
     """One step as an autograd node: outputs ``(spikes, x, v, u, mem)``, or ``(spikes, v, u, mem)``
     with a fused surrogate (then the spikes carry its gradient; without, they carry none and ``x``
@@ -97,10 +104,18 @@ class _Step(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, current, v0, u0, call: StepCall, *params):
-        tensors, ctx.arrays = _forward(current, v0, u0, params, call)
-        spikes, x, v, u, mem = tensors
-        ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
-        ctx.call, ctx.dtype, ctx.on_cpu = call, current.dtype, current.device.type == "cpu"
+        ctx.call, ctx.entry = call, native_calls.entry_points_for(current)
+        if ctx.entry is not None:
+            tensors, operands = native_calls.forward(ctx.entry, current, current.shape, v0, u0, params, call.dt,
+                                                     call.scheme, want_x=not call.surrogate)
+            spikes, x, v, u, mem = tensors
+            ctx.save_for_backward(*operands, spikes, v, u)
+            ctx.shapes = (v0.shape, u0.shape, *(p.shape for p in params))
+        else:
+            tensors, ctx.arrays = _forward(current, v0, u0, params, call)
+            spikes, x, v, u, mem = tensors
+            ctx.save_for_backward(current, v0, u0, *params, spikes, v, u)
+            ctx.dtype, ctx.on_cpu = current.dtype, current.device.type == "cpu"
         ctx.set_materialize_grads(False)
         if call.surrogate:
             return spikes, v, u, mem
@@ -114,6 +129,13 @@ class _Step(torch.autograd.Function):
             g_x = None
         else:
             g_spikes, g_x, g_v, g_u, g_mem = grads
+        if ctx.entry is not None:
+            call, saved = ctx.call, ctx.saved_tensors
+            grads = native_calls.backward(ctx.entry, saved, saved[0].shape, call.dt, call.scheme, call.surrogate,
+                                          call.surrogate_param, (g_x, g_v, g_u, g_spikes if call.surrogate else None,
+                                                                 g_mem), ctx.needs_input_grad[:3] + ctx.needs_input_grad[4:],
+                                          ctx.shapes)
+            return (*grads[:3], None, *grads[3:])
         return _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem)
 
 
@@ -126,4 +148,8 @@ def step(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list
                                     or any(p.requires_grad for p in params)):
         outputs = _Step.apply(current, v0, u0, call, *params)
         return (outputs[0], None, *outputs[1:]) if call.surrogate else outputs
+    entry = native_calls.entry_points_for(current)
+    if entry is not None:
+        return native_calls.forward(entry, current, current.shape, v0, u0, params, call.dt, call.scheme,
+                                    want_x=not call.surrogate)[0]
     return _forward(current, v0, u0, params, call)[0]

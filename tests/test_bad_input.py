@@ -376,7 +376,9 @@ def test_transposed_view_is_accepted_with_one_explicit_copy():
     assert_same_outputs(got, expected)
 
 
-def test_misaligned_view_is_accepted_with_one_explicit_copy():
+def test_misaligned_view_is_accepted_with_one_explicit_copy(kernel_backend):
+    """JAX imports only 64-byte aligned buffers: one explicit copy; the native kernel's direct calls read
+    any address: none."""
     x = _drive((T, B, N))
     flat = torch.empty(1 + x.numel())
     xm = flat[1:].view(T, B, N)  # contiguous, but 4 bytes past a 64-byte boundary
@@ -385,7 +387,7 @@ def test_misaligned_view_is_accepted_with_one_explicit_copy():
     expected = _seq_run(x)
     bridge.reset_copy_counts()
     got = _seq_run(xm)
-    assert dict(bridge.copy_counts) == {"misaligned": 1}
+    assert dict(bridge.copy_counts) == ({} if kernel_backend == "native" else {"misaligned": 1})
     assert_same_outputs(got, expected)
 
 
@@ -399,13 +401,17 @@ def test_contiguous_aligned_input_makes_no_copy():
     assert dict(bridge.copy_counts) == {}
 
 
-def test_per_step_slice_of_a_sequence_is_accepted():
-    """``x[t]`` of a [T, B, N] tensor is misaligned for t>0 here (B*N*4 = 32 bytes): copied explicitly."""
+def test_per_step_slice_of_a_sequence_is_accepted(kernel_backend):
+    """``x[t]`` of a [T, B, N] tensor is misaligned for t>0 here (B*N*4 = 32 bytes): copied explicitly for
+    JAX, read in place by the native kernel's direct calls."""
     x = _drive((T, B, N))
     a, b = IzhikevichSoma(units=(N,), resistance=10.0), IzhikevichSoma(units=(N,), resistance=10.0)
     bridge.reset_copy_counts()
     outs_view = [a(x[t]) for t in range(T)]
-    assert bridge.copy_counts["misaligned"] >= 1 and set(bridge.copy_counts) == {"misaligned"}
+    if kernel_backend == "native":
+        assert dict(bridge.copy_counts) == {}
+    else:
+        assert bridge.copy_counts["misaligned"] >= 1 and set(bridge.copy_counts) == {"misaligned"}
     outs_copy = [b(x[t].clone()) for t in range(T)]
     for o1, o2 in zip(outs_view, outs_copy):
         assert_same_outputs(o1, o2)

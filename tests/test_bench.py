@@ -43,6 +43,7 @@ def quick(tmp_path_factory):
     return res, out
 
 
+@pytest.mark.xdist_group("bench_quick")  # shares the module-scoped `quick` run: one worker runs it once
 def test_quick_completes_and_writes_json(quick):
     res, out = quick
     data = json.loads((out / "bench.json").read_text())
@@ -71,6 +72,7 @@ def test_quick_completes_and_writes_json(quick):
     assert "profile" in rec and "op_fwd_ms" in rec["profile"]
 
 
+@pytest.mark.xdist_group("bench_quick")
 def test_skipped_peers_are_marked(quick):
     res, _ = quick
     for cls in peers.ALL:

@@ -71,6 +71,7 @@ def test_leaky_network_uses_snn_leaky():
         build_network("leaky", form="sequence")
 
 
+@pytest.mark.xdist_group("demo_results")  # the tests on `results` share one training run (one worker)
 @pytest.mark.parametrize("kind, form", CASES)
 def test_training_lowers_loss_and_beats_chance(results, kind, form):
     res = results[(kind, form)]
@@ -82,6 +83,7 @@ def test_training_lowers_loss_and_beats_chance(results, kind, form):
     assert 0.0 < hidden_rate < 1.0 and 0.0 < output_rate < 1.0
 
 
+@pytest.mark.xdist_group("demo_results")
 @pytest.mark.parametrize("kind", ["izhikevich", "leaky"])
 def test_sequential_and_loop_forms_train_identically(results, kind):
     """Same seed, same weights, same spikes: the two snnTorch call styles are one computation."""
@@ -125,6 +127,7 @@ def test_train_restores_torch_threads(data):
     assert torch.get_num_threads() == before
 
 
+@pytest.mark.xdist_group("demo_results")
 def test_training_curves_png(results, tmp_path):
     path = tmp_path / "curves.png"
     plot_training_curves([results[("izhikevich", "loop")], results[("leaky", "loop")]], path)

@@ -420,6 +420,7 @@ def concurrent_build(tmp_path_factory):
     return cache, [_result(p)[0] for p in processes]
 
 
+@pytest.mark.xdist_group("native_build")  # both read the module-scoped concurrent build: one worker
 def test_concurrent_builds_both_succeed(concurrent_build):
     cache, results = concurrent_build
     assert all(r["backend"] == "native" and r["matches"] for r in results)
@@ -431,6 +432,7 @@ def test_concurrent_builds_both_succeed(concurrent_build):
                                                                                                     ".lock"))
 
 
+@pytest.mark.xdist_group("native_build")
 def test_cache_is_reused_by_the_next_process(concurrent_build):
     cache, results = concurrent_build
     result, _ = _result(_probe(cache))

@@ -115,6 +115,7 @@ def ddp_results(tmp_path_factory):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
 
 
+@pytest.mark.xdist_group("ddp")  # one 2-process DDP run (module fixture) for all four, on one worker
 def test_ddp_two_processes_match_one_process_full_batch(ddp_results):
     x, y = _data()
     net = Net()
@@ -130,6 +131,7 @@ def test_ddp_two_processes_match_one_process_full_batch(ddp_results):
     assert not torch.equal(r0["soma.threshold"], torch.full((N,), 30.0))
 
 
+@pytest.mark.xdist_group("ddp")
 def test_ddp_parameters_bit_identical_to_one_process(ddp_results):
     """Bit-identity with one process was once observed. Here (3 steps, lr 0.5) fc.weight, fc.bias and
     soma.recovery_timescale differ by <= 5e-7: DDP averages two half-batch gradients, the 1-process run
@@ -149,6 +151,7 @@ def _single_step_loop(x_shard):
         return _step_loop(net, x_shard)
 
 
+@pytest.mark.xdist_group("ddp")
 def test_ddp_step_loop_without_buffer_broadcast_keeps_each_rank_state(ddp_results):
     x, _ = _data()
     for rank in range(2):
@@ -157,6 +160,7 @@ def test_ddp_step_loop_without_buffer_broadcast_keeps_each_rank_state(ddp_result
                                    _single_step_loop(x[:, shard].contiguous()), rtol=0, atol=0)
 
 
+@pytest.mark.xdist_group("ddp")
 def test_ddp_step_loop_with_default_buffer_broadcast_keeps_each_rank_state(ddp_results):
     """DDP's default broadcast_buffers=True broadcasts rank 0's buffers at every forward. The hidden state
     (mem, potential, recovery) is not a module buffer (spark_torch.state), so each rank keeps its own

@@ -15,7 +15,7 @@ import time
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, bridge, kernel, ops
+from spark_torch import IzhikevichSoma, bridge, kernel, native_calls, ops
 from spark_torch.config import SCHEMES
 
 N_CALLS = 10_000
@@ -49,7 +49,11 @@ def one_thread():
     torch.set_num_threads(n)
 
 
-def test_soak_10k_calls_memory_flat_no_recompilation(one_thread):
+@pytest.mark.parametrize("path", ["default", "through_jax"])
+def test_soak_10k_calls_memory_flat_no_recompilation(one_thread, monkeypatch, path):
+    """On the default path (here: the native kernel's direct calls, where it builds) and through JAX."""
+    if path == "through_jax":
+        monkeypatch.setattr(native_calls, "entry_points_for", lambda current: None)
     layer = IzhikevichSoma(units=(32,), resistance=10.0, sequence=True, learnable=("threshold",))
     opt = torch.optim.SGD(layer.parameters(), lr=1e-4)
     x = torch.rand(10, 4, 32) * 10.0
@@ -80,8 +84,11 @@ def test_soak_10k_calls_memory_flat_no_recompilation(one_thread):
     assert torch.isfinite(layer.threshold).all()
 
 
-def test_soak_step_mode_calls_do_not_recompile(one_thread):
+@pytest.mark.parametrize("path", ["default", "through_jax"])
+def test_soak_step_mode_calls_do_not_recompile(one_thread, monkeypatch, path):
     """snnTorch-style step loop (T = 1 per call, hidden state kept by the layer), truncated BPTT."""
+    if path == "through_jax":
+        monkeypatch.setattr(native_calls, "entry_points_for", lambda current: None)
     layer = IzhikevichSoma(units=(32,), resistance=10.0, learnable=("threshold",))
     x = torch.rand(4, 32) * 10.0
     for _ in range(50):
@@ -109,9 +116,11 @@ def test_buffer_length_policy(fresh_length_policy):
     assert ops._exact_lengths == {100, 7, 1, 33, 64}
 
 
-def test_sequence_lengths_compile_a_bounded_number_of_times(one_thread, fresh_length_policy):
+def test_sequence_lengths_compile_a_bounded_number_of_times(one_thread, fresh_length_policy, monkeypatch):
     """T = 1..40, each twice: 4 exact lengths (1..4), the powers of two 8, 16, 32 and the bucket 64 —
-    and nothing more when the lengths repeat. (Before the buffers, every T compiled its own pair: 40 + 40.)"""
+    and nothing more when the lengths repeat. (Before the buffers, every T compiled its own pair: 40 + 40.)
+    Through JAX (small calls could otherwise run the native kernel directly, which compiles nothing)."""
+    monkeypatch.setattr(native_calls, "entry_points_for", lambda current: None)
     layer = IzhikevichSoma(units=(32,), resistance=10.0, sequence=True)
     x = torch.rand(40, 4, 32) * 10
     before = _cache_sizes()
@@ -137,9 +146,12 @@ def _run_with_grads(x, **kw):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scheme", SCHEMES)
-def test_padded_buffer_gives_bit_identical_results(monkeypatch, dtype, scheme):
+def test_padded_buffer_gives_bit_identical_results(kernel_backend, monkeypatch, dtype, scheme):
     """A length run in a padded power-of-two buffer equals the same length run exactly, bit for bit:
-    spikes, membranes, final state and all gradients (the loop body does not depend on the buffer)."""
+    spikes, membranes, final state and all gradients (the loop body does not depend on the buffer). Loop
+    buffers are what JAX runs: the calls go through JAX here even where they could call the native
+    kernel directly."""
+    monkeypatch.setattr(native_calls, "entry_points_for", lambda current: None)
     x = (torch.rand(23, 3, 17, generator=torch.Generator().manual_seed(0)) * 20).to(dtype)
     monkeypatch.setattr(ops, "_exact_lengths", {23})
     exact = _run_with_grads(x, scheme=scheme)

@@ -1,4 +1,4 @@
-"""What a step call costs at the torch/JAX boundary, counted (not timed): kernel executions and tensor crossings.
+"""What a step call costs, counted (not timed): kernel executions and tensor crossings between torch and JAX.
 
 An snnTorch loop calls the layer once per time step, so every conversion a call makes is paid T times.
 These tests pin the counts of :data:`spark_torch.bridge.crossings` for the loop users write
@@ -8,7 +8,8 @@ These tests pin the counts of :data:`spark_torch.bridge.crossings` for the loop 
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, bridge
+from spark_torch import IzhikevichSoma, bridge, kernel, native_calls
+from spark_torch.kernel.native import direct
 
 
 def _loop(layer, x, loss="sum"):
@@ -25,7 +26,7 @@ def _loop(layer, x, loss="sum"):
 
 
 @pytest.mark.parametrize("learnable", [(), ("threshold", "recovery_timescale")])
-def test_step_loop_runs_one_kernel_per_direction_and_imports_only_the_input(learnable):
+def test_step_loop_runs_one_kernel_per_direction_and_the_fewest_crossings(kernel_backend, learnable):
     T, B, N = 12, 3, 8
     layer = IzhikevichSoma(resistance=10.0, units=(N,), learnable=learnable)
     x = (3.0 * torch.rand(T, B, N)).requires_grad_()
@@ -34,32 +35,36 @@ def test_step_loop_runs_one_kernel_per_direction_and_imports_only_the_input(lear
     forward = _loop(layer, x)
     total = bridge.crossings
     assert x.grad is not None and x.grad.abs().sum() > 0
-    # forward: one kernel execution per step; the input crosses, the state the previous step returned does
-    # not, except the rest state of the first step (v and u); spikes, v, u and mem come back
     assert forward["forward"] == T and "backward" not in forward
+    assert total["backward"] == T
+    if kernel_backend == "native":  # the C loops on torch's memory: nothing crosses to JAX or back
+        assert dict(total) == {"forward": T, "backward": T}
+        return
+    # through JAX: the input crosses, the state the previous step returned does not, except the rest state
+    # of the first step (v and u); spikes, v, u and mem come back
     assert forward["to_jax"] == T + 2
     assert forward["to_torch"] == 4 * T
-    # backward: one kernel execution per step; nothing crosses in (the spikes' cotangent of spk.sum() is a
-    # kept scalar, the state cotangents are the arrays the next step's backward returned); out come the
-    # input's and the learnables' gradients per step, and the state's except at the first step (from rest)
-    assert total["backward"] == T
+    # backward: nothing crosses in (the spikes' cotangent of spk.sum() is a kept scalar, the state cotangents
+    # are the arrays the next step's backward returned); out come the input's and the learnables' gradients
+    # per step, and the state's except at the first step (from rest)
     assert total["to_jax"] == forward["to_jax"]
     assert total["to_torch"] - forward["to_torch"] == T * (1 + len(learnable)) + 2 * (T - 1)
 
 
-def test_dense_cotangents_cross_once_per_step():
-    """A weighted loss gives each step's spikes a cotangent of their own: one import per backward step."""
+def test_dense_cotangents_cross_once_per_step(kernel_backend):
+    """A weighted loss gives each step's spikes a cotangent of their own: through JAX, one import per backward
+    step; called directly, none."""
     T, B, N = 6, 2, 5
     layer = IzhikevichSoma(resistance=10.0, units=(N,))
     x = (3.0 * torch.rand(T, B, N)).requires_grad_()
     _loop(layer, x, loss="weighted")
     bridge.crossings.clear()
     forward = _loop(layer, x, loss="weighted")
-    assert bridge.crossings["to_jax"] - forward["to_jax"] == T
+    assert bridge.crossings["to_jax"] - forward.get("to_jax", 0) == (0 if kernel_backend == "native" else T)
     assert bridge.crossings["backward"] == T
 
 
-def test_inference_step_imports_the_input_only():
+def test_inference_step_runs_one_kernel_call(kernel_backend):
     T, B, N = 5, 2, 4
     layer = IzhikevichSoma(resistance=10.0, units=(N,))
     x = 3.0 * torch.rand(T, B, N)
@@ -69,12 +74,102 @@ def test_inference_step_imports_the_input_only():
             mem = layer.init_leaky()
             for x_t in x.unbind(0):
                 _, mem = layer(x_t, mem)
-    assert dict(bridge.crossings) == {"forward": T, "to_jax": T + 2, "to_torch": 4 * T}
+    expected = {"forward": T} if kernel_backend == "native" else {"forward": T, "to_jax": T + 2, "to_torch": 4 * T}
+    assert dict(bridge.crossings) == expected
 
 
-def test_sequence_call_from_rest_imports_only_its_input():
+def test_large_step_calls_go_through_jax(kernel_backend, monkeypatch):
+    """Above the size the native kernel runs on one thread, a step call takes the JAX path (whose FFI call
+    spreads the neurons over the cores); here the threshold is lowered to 32 neurons to show it."""
+    monkeypatch.setattr(direct, "PARALLEL_WORK", 32)
+    layer = IzhikevichSoma(resistance=10.0, units=(8,))
+    small, large = 3.0 * torch.rand(3, 8), 3.0 * torch.rand(4, 8)  # 24 and 32 neurons
+    for cur, crosses in ((small, kernel_backend == "xla"), (large, True)):
+        layer.reset()
+        bridge.crossings.clear()
+        with torch.no_grad():
+            layer(cur)
+        assert (bridge.crossings["to_jax"] > 0) == crosses
+
+
+def _step_loop_results(layer, x, mem0, weights):
+    """Spikes, membranes and every gradient of a step loop with the given loss weights."""
+    mem, spikes, mems = mem0, [], []
+    for x_t in x.unbind(0):
+        spk, mem = layer(x_t, mem)
+        spikes.append(spk)
+        mems.append(mem)
+    spk, mem = torch.stack(spikes), torch.stack(mems)
+    ((spk * weights[0]).sum() + (mem * weights[1]).sum()).backward()
+    return [spk, mem, x.grad, mem0.grad], [p.grad for p in layer.parameters()]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused_surrogate", "torch_surrogate"])
+@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+def test_direct_calls_equal_the_native_kernel_through_jax(dtype, fuse, scheme, monkeypatch):
+    """The direct path runs the loops of the native kernel behind jax.ffi: spikes, membranes and the input's
+    and initial state's gradients are bit-identical; the per-unit parameters' gradients (summed over the
+    batch by torch instead of XLA) agree to rounding. Units (2, 3, 4), a non-contiguous input and dense
+    loss weights exercise the layouts."""
+    native = pytest.importorskip("spark_torch.kernel.native")
+    try:
+        native.load()
+    except native.Unavailable as error:
+        pytest.skip(f"no native kernel here: {error}")
+    T, B, units = 15, 3, (2, 3, 4)
+    x0 = 3.0 * torch.rand(T, B, *units, dtype=dtype).transpose(-1, -2).contiguous().transpose(-1, -2)
+    mem0 = 0.3 * torch.rand(B, *units, dtype=dtype)
+    weights = (torch.randn(T, B, *units, dtype=dtype), torch.randn(T, B, *units, dtype=dtype))
+    results = {}
+    for path in ("direct", "jax"):
+        layer = IzhikevichSoma(resistance=10.0, units=units, scheme=scheme, fuse_surrogate=fuse,
+                               learnable=("threshold", "recovery_timescale", "resistance")).to(dtype)
+        with kernel.use_backend("native"), monkeypatch.context() as patch:
+            if path == "jax":
+                patch.setattr(native_calls, "entry_points_for", lambda current: None)
+            bridge.crossings.clear()
+            results[path] = _step_loop_results(layer, x0.clone().requires_grad_(), mem0.clone().requires_grad_(),
+                                                weights)
+            assert (bridge.crossings["to_jax"] == 0) == (path == "direct")
+    (exact, rounded), (exact_jax, rounded_jax) = results["direct"], results["jax"]
+    assert 0 < exact[0].sum() < exact[0].numel() / 2
+    for a, b in zip(exact, exact_jax):
+        assert torch.equal(a, b)
+    for a, b in zip(rounded, rounded_jax):
+        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+def test_direct_entry_points_reject_bad_operands():
+    """The C functions check what they can (dtype code, periods, null buffers) and write nothing when wrong."""
+    native = pytest.importorskip("spark_torch.kernel.native")
+    try:
+        entry = direct.entry_points()
+    except native.Unavailable as error:
+        pytest.skip(f"no native kernel here: {error}")
+    m = 6
+    current, out = torch.ones(m), [torch.full((m,), 7.0) for _ in range(4)]
+    params = [torch.full((3,), value) for value in (-65.0, -65.0, 1.0, 30.0, 0.02, 0.2, 8.0)]
+    model = [torch.full((m,), -65.0), torch.full((m,), -13.0), *params]
+
+    def forward(periods, dtype_code=0):
+        return entry.forward(dtype_code, 1, m, 1.0, 0, current.data_ptr(),
+                             direct.pointer_array[9](*(t.data_ptr() for t in model)), direct.period_array[9](*periods),
+                             out[0].data_ptr(), 0, None, out[1].data_ptr(), out[2].data_ptr(), out[3].data_ptr())
+
+    good = [m, m] + [3] * 7
+    assert forward([m, m, 4] + [3] * 6) == 1  # 4 does not divide 6
+    assert forward([m, m, 0] + [3] * 6) == 1  # a parameter cannot be absent
+    assert forward(good, dtype_code=2) == 1
+    assert all(torch.equal(t, torch.full((m,), 7.0)) for t in out)
+    assert forward(good) == 0
+    assert torch.equal(out[1], torch.full((m,), -65.0 + (0.04 * 65 * 65 - 5 * 65 + 140 + 13 + 1)))
+
+
+def test_sequence_call_from_rest_imports_only_its_input(kernel_backend):
     """A sequence layer starts every call from the same rest state (kept, with its JAX views) and the loss's
-    uniform cotangents are kept scalars: per forward+backward one import, the input."""
+    uniform cotangents are kept scalars: through JAX, per forward+backward one import, the input; called
+    directly, nothing crosses."""
     T, B, N = 7, 2, 4
     layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True)
     x = (3.0 * torch.rand(T, B, N)).requires_grad_()
@@ -82,4 +177,44 @@ def test_sequence_call_from_rest_imports_only_its_input():
         bridge.crossings.clear()
         spk, mem = layer(x)
         (spk.sum() + mem.sum()).backward()
-    assert dict(bridge.crossings) == {"to_jax": 1, "forward": 1, "backward": 1, "to_torch": 4 + 3}
+    through_jax = {"to_jax": 1, "forward": 1, "backward": 1, "to_torch": 4 + 3}
+    assert dict(bridge.crossings) == ({"forward": 1, "backward": 1} if kernel_backend == "native" else through_jax)
+
+
+@pytest.mark.parametrize("loss", ["sum", "count", "dense"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused_surrogate", "torch_surrogate"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, loss, monkeypatch):
+    """As for step calls, for a sequence call from a given membrane, with a uniform loss (one scalar
+    cotangent), a loss on spike counts and final membranes (cotangents constant over time) and dense
+    weights (one cotangent row per step)."""
+    native = pytest.importorskip("spark_torch.kernel.native")
+    try:
+        native.load()
+    except native.Unavailable as error:
+        pytest.skip(f"no native kernel here: {error}")
+    T, B, N = 25, 3, 6
+    x0, mem0 = 3.0 * torch.rand(T, B, N, dtype=dtype), 0.3 * torch.rand(B, N, dtype=dtype)
+    w = torch.randn(T, B, N, dtype=dtype)
+    losses = {"sum": lambda spk, mem: spk.sum() + mem.sum(),
+              "count": lambda spk, mem: (spk.sum(0) * w[0]).sum() + (mem.sum(0) * w[1]).sum(),
+              "dense": lambda spk, mem: (spk * w).sum() + (mem * w.flip(0)).sum()}
+    results = {}
+    for path in ("direct", "jax"):
+        layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True, fuse_surrogate=fuse,
+                               learnable=("threshold", "recovery_update")).to(dtype)
+        x, mem0_ = x0.clone().requires_grad_(), mem0.clone().requires_grad_()
+        with kernel.use_backend("native"), monkeypatch.context() as patch:
+            if path == "jax":
+                patch.setattr(native_calls, "entry_points_for", lambda current: None)
+            bridge.crossings.clear()
+            spk, mem = layer(x, mem0_)
+            losses[loss](spk, mem).backward()
+            assert (bridge.crossings["to_jax"] == 0) == (path == "direct")
+        results[path] = ([spk, mem, x.grad, mem0_.grad, layer.recovery], [p.grad for p in layer.parameters()])
+    (exact, rounded), (exact_jax, rounded_jax) = results["direct"], results["jax"]
+    assert 0 < exact[0].sum() < exact[0].numel() / 2
+    for a, b in zip(exact, exact_jax):
+        assert torch.equal(a, b)
+    for a, b in zip(rounded, rounded_jax):
+        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)

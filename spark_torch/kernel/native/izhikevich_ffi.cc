@@ -37,21 +37,6 @@ namespace {
 
 constexpr int64_t kParallelWork = int64_t{1} << 18;  // neuron-steps below which one thread is faster
 
-// A worker's scratch area, aligned to a cache line (as are its rows: kBlockBytes is a multiple of 64).
-template <typename T>
-class Scratch {
- public:
-  explicit Scratch(size_t size) : storage_(size + kAlign / sizeof(T)) {}
-  T* data() {
-    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
-    return reinterpret_cast<T*>((address + kAlign - 1) & ~uintptr_t{kAlign - 1});
-  }
-
- private:
-  static constexpr size_t kAlign = 64;
-  std::vector<T> storage_;
-};
-
 // Runs block(j0, n, scratch) for every block of neurons. Workers (the calling thread and up to one
 // pool task per further core) claim runs of `grain` blocks from a shared counter, so a task that
 // starts late or is preempted just takes fewer runs; the caller waits only for runs already claimed.
@@ -70,11 +55,7 @@ void ForEachBlock(ffi::ThreadPool& pool, int64_t m, int64_t n_steps, size_t scra
       block(j0, std::min(kBlock<T>, m - j0), scratch);
     }
   };
-  if (n_workers == 1) {
-    Scratch<T> scratch(scratch_size);
-    for (int64_t i = 0; i < n_runs; ++i) run(i, scratch.data());
-    return;
-  }
+  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
   struct Shared {
     std::atomic<int64_t> next{0}, done{0};
     std::mutex mutex;
@@ -180,16 +161,6 @@ ffi::Error CheckRows(const ffi::AnyBuffer& buffer, int64_t rows, int64_t m, cons
   if (static_cast<int64_t>(buffer.element_count()) >= rows * m) return ffi::Error::Success();
   return ffi::Error::InvalidArgument(std::string("`") + name + "` has " + std::to_string(buffer.element_count()) +
                                      " elements, fewer than the " + std::to_string(rows * m) + " it must hold");
-}
-
-template <typename T>
-Constants<T> MakeConstants(double dt, int64_t surrogate, double param) {
-  constexpr double kPi = 3.141592653589793;
-  Constants<T> k{T(dt), T(0.5 * dt), T(0), T(0)};
-  if (surrogate == kAtan) k.s1 = T(param / 2), k.s2 = T(kPi / 2 * param);
-  if (surrogate == kFastSigmoid) k.s1 = T(param);
-  if (surrogate == kSigmoid) k.s1 = T(param), k.s2 = T(-param);
-  return k;
 }
 
 int64_t StepCount(const ffi::AnyBuffer& n_steps, int64_t t_buf) {
@@ -343,7 +314,8 @@ ffi::Error ReverseImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remai
 }  // namespace
 }  // namespace izh
 
-// The two handlers are the library's only exported symbols (it is built with -fvisibility=hidden).
+// The two handlers and the two C entry points of izhikevich_direct.cc are the library's only exported
+// symbols (it is built with -fvisibility=hidden).
 #define IZH_EXPORT extern "C" __attribute__((visibility("default")))
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichForward(XLA_FFI_CallFrame* call_frame);
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichReverse(XLA_FFI_CallFrame* call_frame);

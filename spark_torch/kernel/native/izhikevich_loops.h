@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "izhikevich.h"
 
@@ -71,6 +72,39 @@ Neurons<T> GatherNeurons(const Periodic<T>* params, int64_t j0, int64_t n, T dt,
   }
   q.dt_a = dt_a, q.den = den, q.scale = scale;
   return q;
+}
+
+// The step constants for `dt` (ms) and the fused surrogate's parameter (see Derivative).
+template <typename T>
+Constants<T> MakeConstants(double dt, int64_t surrogate, double param) {
+  constexpr double kPi = 3.141592653589793;
+  Constants<T> k{T(dt), T(0.5 * dt), T(0), T(0)};
+  if (surrogate == kAtan) k.s1 = T(param / 2), k.s2 = T(kPi / 2 * param);
+  if (surrogate == kFastSigmoid) k.s1 = T(param);
+  if (surrogate == kSigmoid) k.s1 = T(param), k.s2 = T(-param);
+  return k;
+}
+
+// A block worker's scratch area, aligned to a cache line (as are its rows: kBlockBytes is a multiple of 64).
+template <typename T>
+class Scratch {
+ public:
+  explicit Scratch(size_t size) : storage_(size + kAlign / sizeof(T)) {}
+  T* data() {
+    const uintptr_t address = reinterpret_cast<uintptr_t>(storage_.data());
+    return reinterpret_cast<T*>((address + kAlign - 1) & ~uintptr_t{kAlign - 1});
+  }
+
+ private:
+  static constexpr size_t kAlign = 64;
+  std::vector<T> storage_;
+};
+
+// Runs block(j0, n, scratch) for every block of the m neurons, in order, on the calling thread.
+template <typename T, typename Block>
+void ForEachBlockOnThisThread(int64_t m, size_t scratch_size, Block block) {
+  Scratch<T> scratch(scratch_size);
+  for (int64_t j0 = 0; j0 < m; j0 += kBlock<T>) block(j0, std::min(kBlock<T>, m - j0), scratch.data());
 }
 
 // ---- forward ----------------------------------------------------------------------------------

@@ -20,7 +20,8 @@ Shapes: ``current`` ``[T, *state]`` for a sequence or ``[*state]`` for one step 
 
 from __future__ import annotations
 
-from typing import Optional
+import ctypes
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -51,31 +52,40 @@ def _periodic(tensor: torch.Tensor, state_shape: torch.Size) -> torch.Tensor:
     return tensor.expand(state_shape).contiguous()
 
 
-def _model(operands) -> tuple:
-    """The C arrays of the nine periodic operands ``(v0, u0, *params)``: addresses and periods."""
-    return direct.pointer_array[9](*(t.data_ptr() for t in operands)), \
-        direct.period_array[9](*(t.numel() for t in operands))
+class Model(NamedTuple):
+    """The nine periodic operands ``(v0, u0, *params)`` of one call: the tensors (kept alive with it), and the
+    C arrays of their addresses and periods."""
+
+    operands: tuple
+    addresses: ctypes.Array
+    periods: ctypes.Array
+
+
+def _model(v0, u0, params, state_shape: torch.Size) -> Model:
+    """:class:`Model` for a call."""
+    operands = tuple(_periodic(t, state_shape) for t in (v0, u0, *params))
+    return Model(operands, direct.pointer_array[9](*(t.data_ptr() for t in operands)),
+                 direct.period_array[9](*(t.numel() for t in operands)))
 
 
 def forward(entry: direct.EntryPoints, current: torch.Tensor, state_shape: torch.Size, v0, u0, params, dt: float,
             scheme: str, want_x: bool):
     """``[spikes, x, v, u, mem]`` at ``current``'s shape (``x`` ``None`` unless ``want_x``; ``v``, ``u`` the
-    post-step traces) and the operands the loops read (``current`` contiguous, then the nine periodic ones),
-    to keep for :func:`backward`. ``state_shape``: ``current.shape`` for a step, ``current.shape[1:]`` for a
-    sequence."""
+    post-step traces), and what the loops read: ``current`` (contiguous) and the :class:`Model`, to keep for
+    :func:`backward`. ``state_shape``: ``current.shape`` for a step, ``current.shape[1:]`` for a sequence."""
     if not current.is_contiguous():  # the C loops read any address, but only dense rows
         current = bridge.explicit_copy(current, "cur")
-    operands = tuple(_periodic(t, state_shape) for t in (v0, u0, *params))
+    model = _model(v0, u0, params, state_shape)
     spikes, v, u, mem = (torch.empty_like(current) for _ in range(4))
     x = torch.empty_like(current) if want_x else None
     m = state_shape.numel()
     bridge.crossings["forward"] += 1
     status = entry.forward(_DTYPE_CODES[current.dtype], current.numel() // m, m, dt, SCHEMES.index(scheme),
-                           current.data_ptr(), *_model(operands), spikes.data_ptr(), 0,
+                           current.data_ptr(), model.addresses, model.periods, spikes.data_ptr(), 0,
                            None if x is None else x.data_ptr(), v.data_ptr(), u.data_ptr(), mem.data_ptr())
     if status:
         raise RuntimeError(f"the native kernel rejected the operands of a forward call (status {status})")
-    return [spikes, x, v, u, mem], (current, *operands)
+    return [spikes, x, v, u, mem], current, model
 
 
 def _cotangent(grad: Optional[torch.Tensor], dtype: torch.dtype, state_shape: torch.Size, n_steps: int):
@@ -95,33 +105,33 @@ def _cotangent(grad: Optional[torch.Tensor], dtype: torch.dtype, state_shape: to
     return grad, grad.data_ptr(), -1
 
 
-def backward(entry: direct.EntryPoints, saved, state_shape: torch.Size, dt: float, scheme: str, surrogate: str,
-             surrogate_param: float, cotangents, needs, shapes):
+def backward(entry: direct.EntryPoints, current: torch.Tensor, model: Model, traces, state_shape: torch.Size,
+             dt: float, scheme: str, surrogate: str, surrogate_param: float, cotangents, needs, shapes):
     """Gradients of ``(current, v0, u0, *params)`` (``None`` where ``needs`` is false).
 
-    ``saved``: :func:`forward`'s operands, then its ``spikes, v, u``; ``cotangents``: of ``(x, v, u, spikes,
-    mem)``, each ``None`` or at ``current``'s shape (the spikes' only with a fused ``surrogate``); ``shapes``:
-    of ``(v0, u0, *params)`` as passed to :func:`forward`, to sum their gradients back to."""
-    current, *operands = saved[:10]
-    spikes, v, u = saved[10:]
+    ``current``, ``model``: what :func:`forward` read; ``traces``: its ``spikes, v, u``; ``cotangents``: of
+    ``(x, v, u, spikes, mem)``, each ``None`` or at ``current``'s shape (the spikes' only with a fused
+    ``surrogate``); ``shapes``: of ``(v0, u0, *params)`` as passed to :func:`forward`, to sum their gradients
+    back to."""
+    spikes, v, u = traces
     m = state_shape.numel()
     n_steps = current.numel() // m
     kept = [_cotangent(g, current.dtype, state_shape, n_steps) for g in cotangents]
     g_current = torch.empty_like(current)
-    g_state = [current.new_empty(state_shape) for _ in range(2)]
+    g_state = [current.new_empty(state_shape) if need else None for need in needs[1:3]]
     g_params = [current.new_empty(state_shape) if need else None for need in needs[3:]]
     bridge.crossings["backward"] += 1
     status = entry.reverse(
         _DTYPE_CODES[current.dtype], n_steps, m, dt, SCHEMES.index(scheme),
-        1 + SURROGATES.index(surrogate) if surrogate else 0, surrogate_param, current.data_ptr(), *_model(operands),
-        spikes.data_ptr(), 0, v.data_ptr(), u.data_ptr(), direct.pointer_array[5](*(c[1] for c in kept)),
-        direct.period_array[5](*(c[2] for c in kept)), g_current.data_ptr(), g_state[0].data_ptr(),
-        g_state[1].data_ptr(), direct.pointer_array[7](*(None if g is None else g.data_ptr() for g in g_params)))
+        1 + SURROGATES.index(surrogate) if surrogate else 0, surrogate_param, current.data_ptr(), model.addresses,
+        model.periods, spikes.data_ptr(), 0, v.data_ptr(), u.data_ptr(), direct.pointer_array[5](*(c[1] for c in kept)),
+        direct.period_array[5](*(c[2] for c in kept)), g_current.data_ptr(),
+        *(None if g is None else g.data_ptr() for g in g_state),
+        direct.pointer_array[7](*(None if g is None else g.data_ptr() for g in g_params)))
     if status:
         raise RuntimeError(f"the native kernel rejected the cotangents of a backward call (status {status})")
     return (g_current if needs[0] else None,
-            *(_sum_to(g, shape) if need else None for g, shape, need in zip(g_state, shapes[:2], needs[1:3])),
-            *(None if g is None else _sum_to(g, shape) for g, shape in zip(g_params, shapes[2:])))
+            *(None if g is None else _sum_to(g, shape) for g, shape in zip(g_state + g_params, shapes)))
 
 
 def _sum_to(grad: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -135,12 +145,12 @@ class DirectScan(torch.autograd.Function):
     sends such calls through JAX)."""
 
     @staticmethod
-    def forward(ctx, current, v0, u0, dt, scheme, surrogate, surrogate_param, entry, *params):
-        tensors, operands = forward(entry, current, current.shape[1:], v0, u0, params, dt, scheme,
-                                    want_x=not surrogate)
+    def forward(ctx, current, v0, u0, call: tuple, *params):
+        entry, dt, scheme, surrogate, _ = ctx.call = call
+        tensors, current, ctx.model = forward(entry, current, current.shape[1:], v0, u0, params, dt, scheme,
+                                              want_x=not surrogate)
         spikes, x, v, u, mem = tensors
-        ctx.save_for_backward(*operands, spikes, v, u)
-        ctx.call = (entry, dt, scheme, surrogate, surrogate_param)
+        ctx.save_for_backward(current, *ctx.model.operands, spikes, v, u)  # torch's in-place check guards them
         ctx.shapes = (v0.shape, u0.shape, *(p.shape for p in params))
         ctx.set_materialize_grads(False)
         if surrogate:
@@ -154,10 +164,10 @@ class DirectScan(torch.autograd.Function):
     def backward(ctx, g_spikes, g_x, g_v, g_u, g_mem, g_u_checkpoints):
         entry, dt, scheme, surrogate, surrogate_param = ctx.call
         saved, needs = ctx.saved_tensors, ctx.needs_input_grad
-        grads = backward(entry, saved, saved[0].shape[1:], dt, scheme, surrogate, surrogate_param,
-                         (None if surrogate else g_x, g_v, g_u, g_spikes if surrogate else None, g_mem),
-                         needs[:3] + needs[8:], ctx.shapes)
-        return (*grads[:3], None, None, None, None, None, *grads[3:])
+        grads = backward(entry, saved[0], ctx.model, saved[10:], saved[0].shape[1:], dt, scheme, surrogate,
+                         surrogate_param, (None if surrogate else g_x, g_v, g_u, g_spikes if surrogate else None,
+                                           g_mem), needs[:3] + needs[4:], ctx.shapes)
+        return (*grads[:3], None, *grads[3:])
 
 
 def scan(entry: direct.EntryPoints, current, v0, u0, params, dt: float, scheme: str, surrogate: str,
@@ -165,8 +175,7 @@ def scan(entry: direct.EntryPoints, current, v0, u0, params, dt: float, scheme: 
     """:func:`spark_torch.ops.scan` on the direct path: through :class:`DirectScan` when ``differentiable``,
     else one forward call whose ``v`` and ``u`` are the final state ``[1, *state]``."""
     if differentiable:
-        return DirectScan.apply(current, v0, u0, dt, scheme, surrogate, surrogate_param, entry, *params)
-    (spikes, x, v, u, mem), _ = forward(entry, current, current.shape[1:], v0, u0, params, dt, scheme,
-                                        want_x=not surrogate)
-    empty = current.new_empty(0)
-    return spikes, empty if x is None else x, v[-1:], u[-1:], mem, current.new_empty(0)
+        return DirectScan.apply(current, v0, u0, (entry, dt, scheme, surrogate, surrogate_param), *params)
+    (spikes, x, v, u, mem), _, _ = forward(entry, current, current.shape[1:], v0, u0, params, dt, scheme,
+                                           want_x=not surrogate)
+    return spikes, current.new_empty(0) if x is None else x, v[-1:], u[-1:], mem, current.new_empty(0)

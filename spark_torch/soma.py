@@ -39,7 +39,7 @@ from torch import nn
 from . import checkpoint, inputs
 from .config import IzhikevichSomaConfig
 from .ops import scan
-from .state import HiddenState, RestStates, rest_state
+from .state import HiddenState, RestStates
 from .step_op import StepCall, step
 from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 
@@ -182,7 +182,8 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
         if not self.built or self.mem.numel() == 0:
             self._hidden.set(*(torch.zeros(0, device=self.mem.device) for _ in range(3)))
             return self.mem
-        v, u = rest_state(self.potential_rest, self.recovery_sensitivity, tuple(self.mem.shape), self.mem.dtype)
+        v, u = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, tuple(self.mem.shape),
+                                     self.mem.dtype)
         self._hidden.set(torch.zeros_like(v), v, u)
         return self.mem
 

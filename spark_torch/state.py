@@ -42,7 +42,8 @@ def rest_state(v_r: torch.Tensor, b: torch.Tensor, shape: tuple, dtype: torch.dt
 
 class RestStates:
     """:func:`rest_state`, kept for the parameters, shape and dtype it was made for: a sequence layer called
-    without ``mem`` starts every call from it, and the same two tensors then cross to JAX only once."""
+    without ``mem`` starts every call from it (the same two tensors then cross to JAX only once), and
+    ``reset()`` installs it as the hidden state without recomputing it."""
 
     def __init__(self) -> None:
         self._made_for: tuple = ()
@@ -50,15 +51,17 @@ class RestStates:
 
     def get(self, v_r: torch.Tensor, b: torch.Tensor, shape: tuple, dtype: torch.dtype):
         """``rest_state(v_r, b, shape, dtype)``, the kept one while ``v_r`` and ``b`` are the same tensors,
-        unmodified (an optimizer step bumps their version)."""
-        if torch.compiler.is_compiling() or v_r.is_inference() or b.is_inference():
+        unmodified (an optimizer step bumps their version), and the kept pair is unmodified too."""
+        if torch.compiler.is_compiling() or torch.is_inference_mode_enabled() or v_r.is_inference() \
+                or b.is_inference():  # (inference tensors have no version to check, and cannot be saved later)
             return rest_state(v_r, b, shape, dtype)
-        made_for = (v_r, v_r.data_ptr(), v_r._version, b, b.data_ptr(), b._version, shape, dtype)
-        if len(self._made_for) != len(made_for) or any(
-                x is not y if isinstance(x, torch.Tensor) else x != y for x, y in zip(made_for, self._made_for)):
-            self._made_for, self._state = made_for, rest_state(v_r, b, shape, dtype)
+        made_for, kept = (v_r, v_r.data_ptr(), v_r._version, b, b.data_ptr(), b._version, shape, dtype), self._made_for
+        if len(kept) != len(made_for) + 2 or any(
+                x is not y if isinstance(x, torch.Tensor) else x != y for x, y in zip(made_for, kept)) \
+                or any(t._version != version for t, version in zip(self._state, kept[-2:])):
+            state = rest_state(v_r, b, shape, dtype)
+            self._made_for, self._state = (*made_for, state[0]._version, state[1]._version), state
         return self._state
-
 
 class HiddenState:
     """``mem``, ``v`` (``potential``) and ``u`` (``recovery``), and the record of which ``mem`` is own.

@@ -106,10 +106,10 @@ class _Step(torch.autograd.Function):
     def forward(ctx, current, v0, u0, call: StepCall, *params):
         ctx.call, ctx.entry = call, native_calls.entry_points_for(current)
         if ctx.entry is not None:
-            tensors, operands = native_calls.forward(ctx.entry, current, current.shape, v0, u0, params, call.dt,
-                                                     call.scheme, want_x=not call.surrogate)
+            tensors, current, ctx.model = native_calls.forward(ctx.entry, current, current.shape, v0, u0, params,
+                                                               call.dt, call.scheme, want_x=not call.surrogate)
             spikes, x, v, u, mem = tensors
-            ctx.save_for_backward(*operands, spikes, v, u)
+            ctx.save_for_backward(current, *ctx.model.operands, spikes, v, u)  # torch's in-place check guards them
             ctx.shapes = (v0.shape, u0.shape, *(p.shape for p in params))
         else:
             tensors, ctx.arrays = _forward(current, v0, u0, params, call)
@@ -130,11 +130,11 @@ class _Step(torch.autograd.Function):
         else:
             g_spikes, g_x, g_v, g_u, g_mem = grads
         if ctx.entry is not None:
-            call, saved = ctx.call, ctx.saved_tensors
-            grads = native_calls.backward(ctx.entry, saved, saved[0].shape, call.dt, call.scheme, call.surrogate,
-                                          call.surrogate_param, (g_x, g_v, g_u, g_spikes if call.surrogate else None,
-                                                                 g_mem), ctx.needs_input_grad[:3] + ctx.needs_input_grad[4:],
-                                          ctx.shapes)
+            call, saved, needs = ctx.call, ctx.saved_tensors, ctx.needs_input_grad
+            grads = native_calls.backward(
+                ctx.entry, saved[0], ctx.model, saved[10:], saved[0].shape, call.dt, call.scheme, call.surrogate,
+                call.surrogate_param, (g_x, g_v, g_u, g_spikes if call.surrogate else None, g_mem),
+                needs[:3] + needs[4:], ctx.shapes)
             return (*grads[:3], None, *grads[3:])
         return _backward(ctx, g_spikes, g_x, g_v, g_u, g_mem)
 

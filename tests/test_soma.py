@@ -423,3 +423,22 @@ def test_separately_compiled_layers_with_different_dt_do_not_share_a_recompile_b
         got = torch.compile(layer, fullgraph=True, backend="aot_eager")(x)
         for a, b in zip(got, twin(x)):
             assert torch.equal(a, b), dt
+
+
+def test_reset_state_survives_in_place_edits_and_parameter_updates():
+    """``reset()`` reuses the rest state it computed before while it is valid: an in-place edit of the
+    state it installed, or an optimizer step on ``v_r`` / ``b``, makes the next ``reset()`` compute it anew."""
+    layer = IzhikevichSoma(units=(3,), resistance=10.0, learnable=("potential_rest", "recovery_sensitivity"))
+    layer(torch.ones(2, 3))
+    layer.reset()
+    assert torch.equal(layer.potential, torch.full((2, 3), -65.0))
+    layer.potential.add_(5.0)  # a user's in-place edit of the installed state
+    layer.reset()
+    assert torch.equal(layer.potential, torch.full((2, 3), -65.0))
+    assert torch.equal(layer.recovery, torch.full((2, 3), -13.0))
+    with torch.no_grad():
+        layer.recovery_sensitivity.fill_(0.25)  # as an optimizer step would (in place, version bumped)
+        layer.potential_rest.fill_(-70.0)
+    layer.reset()
+    assert torch.equal(layer.potential, torch.full((2, 3), -70.0))
+    assert torch.equal(layer.recovery, torch.full((2, 3), -17.5))

@@ -111,8 +111,8 @@ IZH_EXPORT int SparkTorchIzhikevichForwardDirect(int64_t dtype, int64_t n_steps,
   return run(n_steps, m, dt, scheme, current, model, periods, spikes, spikes_bool, x, v, u, mem);
 }
 
-// Reverse: g_current [n_steps, M], g_v0 and g_u0 [M], seven parameter gradients per neuron [M] (null:
-// not wanted), from the forward's operands, its spikes and v/u traces, and five cotangents.
+// Reverse: g_current [n_steps, M], g_v0 and g_u0 [M] (null: not wanted), seven parameter gradients per
+// neuron [M] (null: not wanted), from the forward's operands, its spikes and v/u traces, and five cotangents.
 IZH_EXPORT int SparkTorchIzhikevichReverseDirect(int64_t dtype, int64_t n_steps, int64_t m, double dt,
                                                  int64_t scheme, int64_t surrogate, double surrogate_param,
                                                  const void* current, const void* const* model,
@@ -121,8 +121,7 @@ IZH_EXPORT int SparkTorchIzhikevichReverseDirect(int64_t dtype, int64_t n_steps,
                                                  const void* const* cotangents, const int64_t* cotangent_periods,
                                                  void* g_current, void* g_v0, void* g_u0, void* const* g_params) {
   if (!izh::ValidCall(dtype, n_steps, m, scheme) || surrogate < izh::kNoSurrogate || surrogate > izh::kSigmoid ||
-      current == nullptr || spikes == nullptr || v_trace == nullptr || u_trace == nullptr || g_current == nullptr ||
-      g_v0 == nullptr || g_u0 == nullptr) {
+      current == nullptr || spikes == nullptr || v_trace == nullptr || u_trace == nullptr || g_current == nullptr) {
     return izh::kInvalid;
   }
   auto run = dtype == 0 ? izh::ReverseDirect<float> : izh::ReverseDirect<double>;

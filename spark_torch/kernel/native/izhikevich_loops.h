@@ -171,7 +171,7 @@ struct Reverse {
   const T *spikes, *v_trace, *u_trace, *checkpoints;  // spikes null when they are bool (spikes_bool)
   const uint8_t* spikes_bool;
   Cotangent<T> g_x, g_v, g_u, g_spikes, g_mem;
-  T *g_current, *g_v0, *g_u0, *g_params[kNumParams];  // g_params[i] null: not wanted
+  T *g_current, *g_v0, *g_u0, *g_params[kNumParams];  // g_v0, g_u0, g_params[i] null: not wanted
 };
 
 // Scratch values per block: the Neurons, the parameters' gradient sums, the carries, the initial
@@ -229,8 +229,8 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
       for (int64_t t = stop - 1; t >= first; --t) reverse_at(t, u_block + (t - first) * B);
     }
   }
-  std::copy_n(carry_v, n, r.g_v0 + j0);
-  std::copy_n(carry_u, n, r.g_u0 + j0);
+  if (r.g_v0) std::copy_n(carry_v, n, r.g_v0 + j0);
+  if (r.g_u0) std::copy_n(carry_u, n, r.g_u0 + j0);
   for (int i = 0; i < kNumParams; ++i) {
     if (r.g_params[i]) std::copy_n(acc[i], n, r.g_params[i] + j0);
   }

@@ -13,7 +13,8 @@ in an inductor cache is reused after an upgrade.
 
 :func:`scan` is what the module calls: the custom op while ``torch.compile`` traces, and in eager
 mode a plain ``autograd.Function`` (``_EagerScan``) over the very same forward/backward
-implementation, which skips ~100 µs of dispatcher work per call. It also refuses to run in a
+implementation, which skips ~100 µs of dispatcher work per call; small CPU calls on the native backend
+skip JAX altogether (:mod:`spark_torch.native_calls`). It also refuses to run in a
 process ``fork()``-ed after the kernel ran in its parent (JAX would hang there). When nothing will be
 differentiated (no grad mode, or no input requires grad) it skips autograd and asks the kernel for the
 final state only instead of the ``v``/``u`` traces a backward would need.
@@ -402,7 +403,9 @@ def scan(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params: list
          param_views: Optional[dict] = None):
     """What the module calls: the custom op :func:`izhikevich_scan` under ``torch.compile`` (an opaque
     node, fake shapes, registered autograd), a plain ``autograd.Function`` over the same
-    implementation in eager mode (no dispatcher overhead per call). Same arguments and outputs, except
+    implementation in eager mode (no dispatcher overhead per call), or, for small CPU calls on the native
+    backend without recovery checkpoints, the native kernel's C loops called directly
+    (:func:`spark_torch.native_calls.scan`: bit-identical, no JAX call). Same arguments and outputs, except
     that without anything to differentiate, ``v`` and ``u`` are the final state ``[1, *batch, *units]``
     (the kernel then writes no state traces). ``param_views``: a dict owned by the caller (the layer) in
     which the JAX views of ``params`` are kept between eager calls, so that they live as long as the

@@ -1,8 +1,10 @@
 r"""``IzhikevichSoma``: the Izhikevich (2003) neuron as a ``torch.nn.Module`` and snnTorch drop-in.
 
-Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) →
-:func:`spark_torch.ops.scan` (one JAX scan forward, one reverse scan backward) → spikes
-with the gradient of the user's ``spike_grad``.
+Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) → one
+kernel call forward and one reverse call backward (a sequence: :func:`spark_torch.ops.scan`; a step:
+:func:`spark_torch.step_op.step`; small CPU calls run the native kernel's C loops directly,
+:mod:`spark_torch.native_calls`, the rest goes through JAX) → spikes with the gradient of the user's
+``spike_grad``.
 
 Units of what the layer returns and keeps:
 

@@ -10,7 +10,7 @@ int32 scalar, so a padded buffer runs only its first ``n_steps`` rows (the rest 
 ``n_steps`` outside ``[0, T_buf]`` is clamped to it).
 
 The C++ source (``izhikevich.h``, ``izhikevich_loops.h``, ``izhikevich_ffi.cc``, shipped in this package;
-``izhikevich_direct.cc`` adds the same loops as plain C functions, :mod:`.direct`) evaluates every
+``izhikevich_direct.h`` adds the same loops as plain C functions, :mod:`.direct`) evaluates every
 formula in the input's dtype, operation by operation in the order :mod:`spark_torch.kernel.model` writes it,
 with no fused multiply-add, so float64 results equal an IEEE evaluation of those formulas (the XLA
 loop may contract into FMAs: it agrees to rounding). It is compiled on first use and cached

@@ -34,8 +34,8 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 HERE = Path(__file__).parent
-SOURCES = ("izhikevich.h", "izhikevich_loops.h", "izhikevich_ffi.cc", "izhikevich_direct.cc")
-TRANSLATION_UNITS = ("izhikevich_ffi.cc", "izhikevich_direct.cc")  # one library: the FFI handlers, the C entry points
+SOURCES = ("izhikevich.h", "izhikevich_loops.h", "izhikevich_direct.h", "izhikevich_ffi.cc")
+MAIN_SOURCE = "izhikevich_ffi.cc"  # includes the rest: one translation unit (FFI handlers and C entry points)
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC",
          "-fvisibility=hidden")
 COMPILE_TIMEOUT_S = 600
@@ -132,7 +132,7 @@ def _compile(command: list[str], include_dir: str, target: Path) -> float:
     """Compile into a temporary file next to ``target``, then rename it into place; returns seconds."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".build-", suffix=".so")
     os.close(fd)
-    args = [*command, *FLAGS, "-isystem", include_dir, *(str(HERE / name) for name in TRANSLATION_UNITS), "-o", tmp]
+    args = [*command, *FLAGS, "-isystem", include_dir, str(HERE / MAIN_SOURCE), "-o", tmp]
     logging.getLogger("spark_torch").info("compiling the native kernel once for this machine: %s", shlex.join(args))
     start = time.perf_counter()
     try:

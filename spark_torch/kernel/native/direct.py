@@ -6,7 +6,7 @@ operands costs ~34 µs), plus the DLPack crossings of its operands and results. 
 that twice per time step, which alone is most of what ``snn.Leaky`` spends on a whole step. The shared
 library that holds the FFI handlers (:mod:`spark_torch.kernel.native`) therefore also exports the same
 loops as two plain C functions, ``SparkTorchIzhikevichForwardDirect`` and
-``SparkTorchIzhikevichReverseDirect`` (``izhikevich_direct.cc``); :func:`entry_points` returns them as
+``SparkTorchIzhikevichReverseDirect`` (``izhikevich_direct.h``); :func:`entry_points` returns them as
 ctypes functions.
 
 Operands are addresses of row-major buffers in the caller's memory, laid out as the FFI handlers take them:

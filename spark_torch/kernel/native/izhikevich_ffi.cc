@@ -314,9 +314,11 @@ ffi::Error ReverseImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remai
 }  // namespace
 }  // namespace izh
 
-// The two handlers and the two C entry points of izhikevich_direct.cc are the library's only exported
+// The two handlers and the two C entry points of izhikevich_direct.h are the library's only exported
 // symbols (it is built with -fvisibility=hidden).
 #define IZH_EXPORT extern "C" __attribute__((visibility("default")))
+#include "izhikevich_direct.h"
+
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichForward(XLA_FFI_CallFrame* call_frame);
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichReverse(XLA_FFI_CallFrame* call_frame);
 

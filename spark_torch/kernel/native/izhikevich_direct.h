@@ -1,7 +1,7 @@
 // Plain C entry points to the fused Izhikevich loops, for callers that hold the memory themselves
 // (the torch layer's eager CPU calls, through ctypes): the same loops as the XLA FFI handlers of
 // izhikevich_ffi.cc, without XLA's runtime around them. spark_torch/kernel/native/direct.py documents
-// and checks every operand before calling.
+// them; spark_torch/native_calls.py prepares every operand before calling.
 //
 // Layout as in izhikevich_ffi.cc: time buffers are [n_steps, M] row-major (M = neurons); the initial
 // state, the seven parameters and time-constant cotangents are periodic operands (`data`, `period`):
@@ -10,12 +10,22 @@
 // handlers would run on one thread too, so results are bit-identical to theirs.
 //
 // Return value: 0, or kInvalid when an operand breaks the rules above (nothing is written then).
+//
+// Included once, by izhikevich_ffi.cc: one translation unit, so the loops' template instances are
+// compiled once for both kinds of entry point (a second unit doubled the first-use build time).
+#ifndef SPARK_TORCH_IZHIKEVICH_DIRECT_H_
+#define SPARK_TORCH_IZHIKEVICH_DIRECT_H_
+
 #include <cstdint>
 
 #include "izhikevich_loops.h"
 
+#ifndef IZH_EXPORT
+#define IZH_EXPORT extern "C" __attribute__((visibility("default")))
+#endif
+
 namespace izh {
-namespace {
+namespace direct {
 
 constexpr int kInvalid = 1;
 
@@ -92,10 +102,8 @@ bool ValidCall(int64_t dtype, int64_t n_steps, int64_t m, int64_t scheme) {
   return (dtype == 0 || dtype == 1) && n_steps >= 0 && m >= 0 && (scheme == kEuler || scheme == kIzhikevich2003);
 }
 
-}  // namespace
+}  // namespace direct
 }  // namespace izh
-
-#define IZH_EXPORT extern "C" __attribute__((visibility("default")))
 
 // Forward: spikes (dtype of current, or uint8 0/1 when spikes_bool), x (null: not wanted), v and u
 // traces, mem (null: not wanted), each [n_steps, M]. dtype: 0 float32, 1 float64.
@@ -103,11 +111,11 @@ IZH_EXPORT int SparkTorchIzhikevichForwardDirect(int64_t dtype, int64_t n_steps,
                                                  int64_t scheme, const void* current, const void* const* model,
                                                  const int64_t* periods, void* spikes, int64_t spikes_bool,
                                                  void* x, void* v, void* u, void* mem) {
-  if (!izh::ValidCall(dtype, n_steps, m, scheme) || current == nullptr || spikes == nullptr || v == nullptr ||
+  if (!izh::direct::ValidCall(dtype, n_steps, m, scheme) || current == nullptr || spikes == nullptr || v == nullptr ||
       u == nullptr) {
-    return izh::kInvalid;
+    return izh::direct::kInvalid;
   }
-  auto run = dtype == 0 ? izh::ForwardDirect<float> : izh::ForwardDirect<double>;
+  auto run = dtype == 0 ? izh::direct::ForwardDirect<float> : izh::direct::ForwardDirect<double>;
   return run(n_steps, m, dt, scheme, current, model, periods, spikes, spikes_bool, x, v, u, mem);
 }
 
@@ -120,11 +128,13 @@ IZH_EXPORT int SparkTorchIzhikevichReverseDirect(int64_t dtype, int64_t n_steps,
                                                  const void* v_trace, const void* u_trace,
                                                  const void* const* cotangents, const int64_t* cotangent_periods,
                                                  void* g_current, void* g_v0, void* g_u0, void* const* g_params) {
-  if (!izh::ValidCall(dtype, n_steps, m, scheme) || surrogate < izh::kNoSurrogate || surrogate > izh::kSigmoid ||
+  if (!izh::direct::ValidCall(dtype, n_steps, m, scheme) || surrogate < izh::kNoSurrogate || surrogate > izh::kSigmoid ||
       current == nullptr || spikes == nullptr || v_trace == nullptr || u_trace == nullptr || g_current == nullptr) {
-    return izh::kInvalid;
+    return izh::direct::kInvalid;
   }
-  auto run = dtype == 0 ? izh::ReverseDirect<float> : izh::ReverseDirect<double>;
+  auto run = dtype == 0 ? izh::direct::ReverseDirect<float> : izh::direct::ReverseDirect<double>;
   return run(n_steps, m, dt, scheme, surrogate, surrogate_param, current, model, periods, spikes, spikes_bool,
              v_trace, u_trace, cotangents, cotangent_periods, g_current, g_v0, g_u0, g_params);
 }
+
+#endif  // SPARK_TORCH_IZHIKEVICH_DIRECT_H_

@@ -12,7 +12,7 @@ checkpoints, ``torch.compile``) goes through JAX. Both paths run the same loops 
 spikes, membranes, state and the gradients of the input and initial state are bit-identical; gradients
 of parameters that broadcast over the batch are summed by torch here (by XLA there), equal to rounding.
 
-Shapes: ``current`` ``[T, *state]`` for a sequence or ``[*state]`` for one step (``n_steps`` says which);
+Shapes: ``current`` ``[T, *state]`` for a sequence or ``[*state]`` for one step (``state_shape`` says which);
 ``v0``, ``u0`` and the seven parameters broadcastable to ``state`` (``[*batch, *units]``); outputs at
 ``current``'s shape. :data:`spark_torch.bridge.crossings` counts each call as one kernel execution
 (``"forward"`` / ``"backward"``), and no crossings.

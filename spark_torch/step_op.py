@@ -36,6 +36,7 @@ from . import bridge, kernel, native_calls
 from .kernel import IzhikevichParams, precision_scope, step_calls
 from .ops import N_PARAMS, _check_not_forked, _np_dtype, _step_count, _sum_to, _uniform_as_scalar, cotangent_to_jax
 
+
 class StepCall(NamedTuple):
     """What a step call needs besides its tensors: ``dt`` (ms), ``scheme``, the fused surrogate
     (``""`` for none, i.e. the spikes carry no gradient and ``x`` is returned) and its parameter, and

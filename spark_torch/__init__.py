@@ -5,7 +5,7 @@ The layer :class:`IzhikevichSoma` is a ``torch.nn.Module`` and an snnTorch drop-
 framework's ``IzhikevichSomaConfig``. See README.md for the equations and units.
 """
 
-__version__ = "0.2.0"
+from ._version import __version__
 
 import os as _os
 import sys as _sys

@@ -8,7 +8,7 @@ Design note — who owns a buffer, and when a copy happens:
   fresh, aligned torch buffer, and every such copy is recorded in :data:`copy_counts` (and warned
   about when :func:`warn_on_copy` is on). The import itself runs with ``copy=False``: if JAX would
   copy anything behind our back, it raises instead.
-* Small eager CPU calls on the native kernel do not cross at all (:mod:`spark_torch.native_calls`: its C
+* Small eager CPU calls on the native kernel do not cross at all (:mod:`spark_torch.execution.direct_executor`: its C
   loops read and write torch's memory in place): only non-contiguous inputs are copied for them
   (:func:`explicit_copy`, counted the same way); alignment does not matter there.
 * JAX -> torch (:func:`to_torch`): JAX results are fresh buffers; torch wraps them without a copy.
@@ -247,15 +247,3 @@ def arrays_to_torch(arrays: tuple, on_cpu: bool) -> list:
     crossings["to_torch"] += len(arrays) - arrays.count(None)
     return [None if a is None else torch.utils.dlpack.from_dlpack(fast.export(a.block_until_ready(), stream=None))
             for a in arrays]
-
-
-def results_to_torch(arrays):
-    """Block until every array in the pytree ``arrays`` is computed, then wrap each for torch.
-
-    ``arrays`` are the outputs of one computation, so they share one device: where the first is on the
-    local CPU all take the direct export (5 outputs: 28 -> 21 µs per call, measured).
-    """
-    leaves, treedef = jax.tree_util.tree_flatten(arrays)
-    jax.block_until_ready(leaves)
-    wrap = _export_cpu if _fast_cpu() is not None and leaves and _on_one_local_cpu(leaves[0]) else to_torch
-    return jax.tree_util.tree_unflatten(treedef, [wrap(a) for a in leaves])

@@ -14,7 +14,8 @@ import torch
 
 from . import checkpoint
 from .config import IzhikevichSomaConfig
-from .ops import SUPPORTED_DTYPES
+from .execution.call import FLOAT_DTYPES as SUPPORTED_DTYPES
+from .execution.shape_executor import has_no_data
 
 #: snnTorch keyword arguments that have no meaning for the Izhikevich model, with the reason.
 UNSUPPORTED_SNNTORCH_KWARGS = {
@@ -36,7 +37,10 @@ def autocast_to_float32(cur: torch.Tensor) -> torch.Tensor:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """One read-only pass: NaN and ±Inf propagate into the min/max (cheaper than ``isfinite(t).all()``)."""
+    """One read-only pass: NaN and ±Inf propagate into the min/max (cheaper than ``isfinite(t).all()``).
+    A tensor without data (meta device, fake tensor: shape inference) has no values to check."""
+    if has_no_data(t):
+        return True
     low, high = torch.aminmax(t.detach())
     return math.isfinite(low.item()) and math.isfinite(high.item())
 
@@ -69,9 +73,9 @@ def field_tensors(config: IzhikevichSomaConfig, units: tuple[int, ...], dtype: t
     """The seven per-neuron fields of ``config`` at ``units``, as tensors of ``dtype`` on ``device`` (what
     ``build`` materializes), checked to be representable in ``dtype``."""
     arrays = config.materialize(units)
-    values = {name: torch.as_tensor(array, dtype=dtype, device=device) for name, array in arrays.items()}
-    check_representable(values, arrays, float(config.dt), dtype)
-    return values
+    values = {name: torch.as_tensor(array, dtype=dtype) for name, array in arrays.items()}
+    check_representable(values, arrays, float(config.dt), dtype)  # on the CPU: also for a meta `device`
+    return {name: value.to(device) for name, value in values.items()}
 
 
 def check_representable(values: Mapping[str, torch.Tensor], arrays: Mapping, dt: float, dtype: torch.dtype) -> None:
@@ -130,13 +134,15 @@ def check_current(cur, name: str, sequence: bool, units: Optional[tuple[int, ...
         raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
 
 
-def check_params_match(cur: torch.Tensor, params: torch.Tensor) -> None:
-    """The layer's per-neuron ``params`` (any of them) have ``cur``'s dtype and device."""
-    if params.dtype != cur.dtype:
-        raise TypeError(f"`cur` has dtype {cur.dtype} but the layer's parameters are {params.dtype}; "
-                        f"convert the layer (e.g. layer.to({cur.dtype})) or the input")
-    if params.device != cur.device:
-        raise ValueError(f"`cur` is on {cur.device} but the layer's parameters are on {params.device}")
+def check_params_match(cur: torch.Tensor, fields: Mapping[str, torch.Tensor]) -> None:
+    """Every per-neuron field of the layer (``{name: tensor}``) has ``cur``'s dtype and device."""
+    for name, field in fields.items():
+        if field.dtype != cur.dtype:
+            raise TypeError(f"`{name}` has dtype {field.dtype}, but `cur` has dtype {cur.dtype}: every field of "
+                            f"the layer must have the input's dtype; convert the layer (e.g. layer.to({cur.dtype})) "
+                            "or the input")
+        if field.device != cur.device:
+            raise ValueError(f"`{name}` is on {field.device}, but `cur` is on {cur.device}: move the layer or the input")
 
 
 def check_call(layer, cur: torch.Tensor, mem: Optional[torch.Tensor]) -> tuple[int, ...]:

@@ -1,9 +1,9 @@
 r"""``IzhikevichSoma``: the Izhikevich (2003) neuron as a ``torch.nn.Module`` and snnTorch drop-in.
 
 Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) → one
-kernel call forward and one reverse call backward (a sequence: :func:`spark_torch.ops.scan`; a step:
-:func:`spark_torch.step_op.step`; small CPU calls run the native kernel's C loops directly,
-:mod:`spark_torch.native_calls`, the rest goes through JAX) → spikes with the gradient of the user's
+kernel call forward and one reverse call backward, a step or a whole sequence
+(:func:`spark_torch.execution.run`: small CPU calls run the native kernel's C loops directly, the rest
+goes through JAX) → spikes with the gradient of the user's
 ``spike_grad``.
 
 Units of what the layer returns and keeps:
@@ -38,14 +38,14 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from . import checkpoint, inputs
+from . import checkpoint, execution, inputs
 from .config import IzhikevichSomaConfig
-from .ops import scan
+from .execution import KernelCall
 from .state import HiddenState, RestStates
-from .step_op import StepCall, step
 from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
+STATE_PROPERTIES = ("mem", "potential", "recovery")
 
 class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
     r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
@@ -155,6 +155,8 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
                 if isinstance(tensor, nn.parameter.UninitializedTensorMixin):
                     tensor.materialize(units, dtype=value.dtype, device=value.device)
                     tensor.copy_(value)
+                elif name in self._parameters:  # the same Parameter (an optimizer may hold it): new values, dtype
+                    tensor.data = value.clone()
                 else:
                     self._buffers[name] = value.clone()
             self.units = units
@@ -168,7 +170,7 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
     @config.setter
     def config(self, config: IzhikevichSomaConfig) -> None:
         self._config = config
-        # dt as a 0-d tensor for torch.compile: a Python float would be guarded by value (ops.izhikevich_scan)
+        # dt as a 0-d tensor for torch.compile: a Python float would be guarded by value (spark_torch.execution.custom_op)
         self._dt = torch.tensor(float(config.dt), dtype=torch.float64)
 
     @property
@@ -200,12 +202,20 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
     @property
     def mem(self) -> torch.Tensor:
         """snnTorch's ``mem``: ``(v − v_r)/(v_pk − v_r)`` returned last, ``[B, *units]``. An assigned tensor
-        (``snn.Leaky.reset_hidden``) is a foreign membrane: the next call starts from it with ``u = b·v``."""
+        (``snn.Leaky.reset_hidden``) is a foreign membrane: the next call starts from it with ``u = b·v``;
+        the layer's own ``mem`` assigned back (``layer.mem = layer.mem.detach()``) continues."""
         return self._hidden.mem
 
     @mem.setter
     def mem(self, value: torch.Tensor) -> None:
-        self._hidden.set(value, self._hidden.v, self._hidden.u, own=False)
+        self._hidden.assign_mem(value)
+
+    def __getattr__(self, name: str):
+        """``nn.Module.__getattr__``, which also finds the state properties (``mem``, ``potential``,
+        ``recovery``): snnTorch's probes read ``module.__getattr__("mem")`` directly."""
+        if name in STATE_PROPERTIES:
+            return getattr(type(self), name).__get__(self)
+        return super().__getattr__(name)
 
     @property
     def potential(self) -> torch.Tensor:
@@ -232,46 +242,38 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
-        inputs.check_params_match(cur, self.threshold)
+        inputs.check_params_match(cur, {name: getattr(self, name) for name in MODEL_FIELDS})
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
             v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
         else:
             v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype,
                                           self.potential_rest, self.threshold, self.recovery_sensitivity)
         fused = self._fused_surrogate() or ("", 0.0)
-        run = self._scan if self.sequence or torch.compiler.is_compiling() else self._step_eagerly
-        spikes, x, mem_out = run(cur, v0, u0, *fused)
+        spikes, x, mem_out = self._run_kernel(cur, v0, u0, *fused)
         spk = emit_spikes(spikes, x, None if fused[0] else self.spike_grad, self.graded_spikes_factor)
         if self.init_hidden and not self.output:
             return spk
         return spk, mem_out
 
-    def _step_eagerly(self, cur, v0, u0, surrogate: str, surrogate_param: float):
-        """One step outside ``torch.compile`` (:mod:`spark_torch.step_op`): ``spikes, x, mem`` ``[B, *units]``."""
-        call = StepCall(self.config.dt, self.config.scheme, surrogate, surrogate_param, self._param_views)
-        spikes, x, v, u, mem = step(cur, v0, u0, [getattr(self, n) for n in MODEL_FIELDS], call)
-        if cur.device.type != "cpu":  # the next call's initial state must not be JAX-allocated device memory
-            v, u, mem = v.clone(), u.clone(), mem.clone()  # (XLA's CUDA command buffers then fail)
-        self._hidden.set(mem, v, u)
-        return spikes, x, mem
-
-    def _scan(self, cur, v0, u0, surrogate: str, surrogate_param: float):
-        """A sequence call, or a step call under ``torch.compile`` (:func:`spark_torch.ops.scan`):
-        ``spikes, x, mem``, each ``[T, B, *units]`` (``[B, *units]`` for a step)."""
+    def _run_kernel(self, cur, v0, u0, surrogate: str, surrogate_param: float):
+        """One kernel call (:func:`spark_torch.execution.run`) from ``(v0, u0)``; keeps the state it ends in.
+        Returns ``spikes, x, mem`` at ``cur``'s shape (``x`` ``None`` with a fused surrogate)."""
         compiling = torch.compiler.is_compiling()
-        spikes, x, v, u, mem, _ = scan(
-            cur if self.sequence else cur.unsqueeze(0), v0, u0, [getattr(self, n) for n in MODEL_FIELDS],
-            self._dt if compiling else self.config.dt, self.config.scheme, surrogate, surrogate_param,
-            recovery_checkpoints=self.checkpoint_recovery, param_views=self._param_views)
-        # v, u: [T, ...] traces, or [1, ...] final states: own copies, as views would keep whole trajectories
-        # alive (and on CUDA the next call's initial state must not be JAX-allocated memory: see _step_eagerly)
-        mem_last = mem[-1].clone()  # a fresh tensor (not a view), so snnTorch may detach_() it
+        # under torch.compile dt crosses as a 0-d tensor: a float would be guarded by value
+        call = KernelCall(self._dt if compiling else self.config.dt, self.config.scheme, surrogate, surrogate_param,
+                          self.checkpoint_recovery, step=not self.sequence)
+        out = execution.run(call, cur, v0, u0, [getattr(self, n) for n in MODEL_FIELDS], self._param_views)
         if not self.sequence:
-            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone())
-            return spikes[0], x if surrogate else x[0], mem_last  # fused: x is an empty placeholder
+            v, u, mem = out.v, out.u, out.mem
+            if compiling or cur.device.type != "cpu":  # own tensors, not views of the op's outputs; on CUDA,
+                v, u, mem = v.clone(), u.clone(), mem.clone()  # the next call's state must not be JAX's memory
+            self._hidden.set(mem, v, u)
+            return out.spikes, out.x, mem
+        # v, u: [T, ...] traces or [1, ...] final states: own copies, as views would keep whole trajectories
+        # alive (and on CUDA the next call's initial state must not be JAX-allocated memory)
         if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
-            self._hidden.set(mem_last, v[-1].clone(), u[-1].clone(), also_own_last_row_of=mem)
-        return spikes, x, mem
+            self._hidden.set(out.mem[-1].clone(), out.v[-1].clone(), out.u[-1].clone(), also_own_last_row_of=out.mem)
+        return out.spikes, out.x, out.mem
 
     def _fused_surrogate(self):
         """``(name, parameter)`` when ``spike_grad`` is fused into the kernel (cached per callable)."""

@@ -18,6 +18,8 @@ from typing import Callable, Optional
 
 import torch
 
+from .execution.shape_executor import has_no_data
+
 NAMES = ("mem", "potential", "recovery")
 
 
@@ -25,6 +27,12 @@ def _version(tensor: torch.Tensor) -> Optional[int]:
     """``tensor._version``; ``None`` for an inference tensor, which has no version counter (it can only
     be modified inside ``torch.inference_mode``, where such an edit is not detected)."""
     return None if tensor.is_inference() else tensor._version
+
+
+def _by_identity(tensor: torch.Tensor) -> bool:
+    """Whether ownership is decided by identity alone: while ``torch.compile`` traces (versions and data
+    pointers are not traceable), and for tensors without data (meta, fake)."""
+    return torch.compiler.is_compiling() or has_no_data(tensor)
 
 
 def _same_memory(mem: torch.Tensor, owner: torch.Tensor, data_ptr: int, stride: tuple, version) -> bool:
@@ -77,12 +85,14 @@ class HiddenState:
         self.mem, self.v, self.u = empty, empty, empty
         self._emitted: tuple = ()
         self._last_row: Optional[tuple] = None
+        self._converted = False
 
     def set(self, mem: torch.Tensor, v: torch.Tensor, u: torch.Tensor, own: bool = True,
             also_own_last_row_of: Optional[torch.Tensor] = None) -> None:
         """Replace the state; ``own=False`` records ``mem`` as foreign (a later call restarts ``u`` from it)."""
         self.mem, self.v, self.u = mem, v, u
-        if torch.compiler.is_compiling():  # ownership is identity there (see owns)
+        self._converted = False
+        if _by_identity(mem):  # ownership is identity there (see owns)
             return
         self._emitted = ((mem, _version(mem)),) if own and mem.numel() else ()
         self._last_row = None
@@ -91,12 +101,22 @@ class HiddenState:
             self._last_row = (weakref.ref(also_own_last_row_of), last.data_ptr(), last.stride(),
                               _version(also_own_last_row_of))
 
+    def assign_mem(self, mem: torch.Tensor) -> None:
+        """``layer.mem = mem``: the layer's own membrane (or a view or ``detach()`` of it, untouched: the TBPTT
+        idiom ``layer.mem = layer.mem.detach()``) keeps ``(v, u)``; any other ``mem`` is foreign."""
+        self.set(mem, self.v, self.u, own=self.owns(mem))
+
     def owns(self, mem: torch.Tensor) -> bool:
-        """Is ``mem`` (a view/alias of) the membrane this state emitted last, unmodified since?"""
-        if torch.compiler.is_compiling():
+        """Is ``mem`` (a view/alias of) the membrane this state emitted last, unmodified since? After a
+        conversion of the layer (:meth:`apply`), also a ``mem`` converted the same way (equal values, the
+        converted state's dtype and device) until the next call."""
+        if _by_identity(mem):
             return mem is self.mem
         if self.v.shape != mem.shape:
             return False
+        if self._converted and mem.dtype == self.mem.dtype and mem.device == self.mem.device \
+                and mem.shape == self.mem.shape and torch.equal(mem, self.mem):
+            return True
         if self._emitted and mem is self._emitted[0][0]:  # the emitted tensor itself: unmodified since?
             return _version(mem) == self._emitted[0][1]
         if any(_same_memory(mem, t, t.data_ptr(), t.stride(), version) for t, version in self._emitted):
@@ -115,16 +135,31 @@ class HiddenState:
         * own ``mem`` (:meth:`owns`): the exact ``(v, u)`` behind it, with their history if ``mem``
           still requires grad, cut (truncated BPTT) if it was detached;
         * any other ``mem``: ``v = v_r + mem·(v_pk − v_r)``, ``u = b·v`` (zeros: the rest state).
+
+        While ``torch.compile`` traces, where tensors have no identity to record, a ``mem`` equal in value to
+        the layer's own counts as own (one comparison in the graph, no graph break).
         """
         if tuple(mem.shape) != shape:
             return rest_state(v_r, b, shape, dtype)
+        if torch.compiler.is_compiling() and mem is not self.mem:
+            return self._initial_traced(mem, v_r, v_pk, b)
         if self.owns(mem):
             v, u = self.v, self.u
-            if v.is_inference() and not torch.is_inference_mode_enabled():
+            if not _by_identity(v) and v.is_inference() and not torch.is_inference_mode_enabled():
                 return v.clone(), u.clone()  # state from an inference_mode call: a normal tensor again
             return (v, u) if mem.requires_grad else (v.detach(), u.detach())
         v = v_r + mem * (v_pk - v_r)
         return v, b * v
+
+    def _initial_traced(self, mem, v_r, v_pk, b):
+        """:meth:`initial` under ``torch.compile`` for a ``mem`` that is not the stored tensor itself."""
+        v = v_r + mem * (v_pk - v_r)
+        foreign = (v, b * v)
+        if self.mem.shape != mem.shape or self.mem.dtype != mem.dtype or self.v.shape != mem.shape:
+            return foreign
+        own = (self.v, self.u) if mem.requires_grad else (self.v.detach(), self.u.detach())
+        same = torch.eq(mem, self.mem).all()
+        return tuple(torch.where(same, mine, theirs) for mine, theirs in zip(own, foreign))
 
     def owns_current(self) -> bool:
         """Whether the stored ``(v, u)`` belong to the stored ``mem`` (what a checkpoint records)."""
@@ -134,6 +169,7 @@ class HiddenState:
         """``fn`` (a module conversion: ``.to()``, ``.double()``, ...) on every tensor; ownership is kept."""
         own = self.owns_current()
         self.set(fn(self.mem), fn(self.v), fn(self.u), own=own)
+        self._converted = own
 
     def __getstate__(self) -> dict:
         return {"mem": self.mem, "v": self.v, "u": self.u, "own": self.owns_current()}

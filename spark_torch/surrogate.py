@@ -16,6 +16,8 @@ from typing import Callable, Optional
 import snntorch.surrogate as _snn_surrogate
 import torch
 
+from .execution.shape_executor import has_no_data
+
 #: snnTorch factory name -> name of the closure variable holding its parameter.
 FUSABLE = {"atan": "alpha", "fast_sigmoid": "slope", "sigmoid": "slope"}
 _FUNCTIONS = {"atan": _snn_surrogate.ATan, "fast_sigmoid": _snn_surrogate.FastSigmoid,
@@ -76,6 +78,7 @@ def emit_spikes(spikes: torch.Tensor, x: torch.Tensor, spike_grad, factor: torch
     if spike_grad is not None:
         surrogate = spike_grad(x)
         spikes = spikes + (surrogate - surrogate.detach())
-    if not torch.compiler.is_compiling() and not factor.requires_grad and float(factor) == 1.0:
+    if not torch.compiler.is_compiling() and not factor.requires_grad and not has_no_data(spikes) \
+            and float(factor) == 1.0:
         return spikes  # skip a [T, B, N] multiply by one
     return spikes * factor

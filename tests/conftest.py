@@ -25,9 +25,9 @@ def _fresh_length_policy(monkeypatch):
     """Each test starts with no recorded sequence lengths, so its lengths get exact loop buffers (as in a
     program that uses a few lengths) regardless of what earlier tests ran; tests/test_soak.py covers the
     padded buffers that a program with many lengths gets."""
-    from spark_torch import ops
+    from spark_torch.execution import jax_executor
 
-    monkeypatch.setattr(ops, "_exact_lengths", set())
+    monkeypatch.setattr(jax_executor, "exact_lengths", set())
     yield
 
 
@@ -132,7 +132,7 @@ def pytest_sessionfinish(session):
 #: In the workers, modules whose tests take seconds each (subprocesses, compilation) are scheduled first
 #: and the modules of millisecond tests last, so that neither worker is left with a long test at the end.
 _SLOW_MODULES = ("test_notebooks.py", "test_processes.py", "test_native.py", "test_tuning.py", "test_bench.py",
-                 "test_cli.py", "test_soak.py", "test_demo.py", "test_snntorch_compat.py", "test_ops.py",
+                 "test_cli.py", "test_soak.py", "test_demo.py", "test_snntorch_compat.py", "test_custom_op.py",
                  "test_kernel.py", "test_properties.py")
 _FAST_MODULES = ("test_config.py", "test_initializers.py", "test_presets.py", "test_checkpoint.py",
                  "test_readme.py", "test_layout.py", "test_cuda.py")

@@ -19,7 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, kernel as K, ops
+from spark_torch import IzhikevichSoma, kernel as K
+from spark_torch.execution import jax_executor
 from spark_torch.kernel import native
 from spark_torch.kernel.native import _build
 
@@ -279,9 +280,9 @@ def test_native_sequence_equals_step_calls_and_checkpointing_and_padding_bitwise
             final(x)
         torch.testing.assert_close((step.potential, step.recovery), (final.potential, final.recovery), rtol=0, atol=0)
         checkpointed = _run_and_grad(_layer(sequence=True, scheme=scheme, checkpoint_recovery=True), x)
-        monkeypatch.setattr(ops, "MAX_EXACT_LENGTHS", 0)  # T = 11 now runs in a 16-row buffer
-        monkeypatch.setattr(ops, "_exact_lengths", set())
-        assert ops.buffer_length(11) == 16
+        monkeypatch.setattr(jax_executor, "MAX_EXACT_LENGTHS", 0)  # T = 11 now runs in a 16-row buffer
+        monkeypatch.setattr(jax_executor, "exact_lengths", set())
+        assert jax_executor.buffer_length(11) == 16
         padded = _run_and_grad(_layer(sequence=True, scheme=scheme), x)
     for other in (checkpointed, padded):
         for a, b in zip(jax.tree_util.tree_leaves(base), jax.tree_util.tree_leaves(other)):

@@ -330,3 +330,39 @@ def test_count_loss_gradient_crosses_as_one_row_without_copies():
             assert not bridge.copy_counts, dict(bridge.copy_counts)
     assert grads[1].abs().sum() > 0
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6 * float(grads[1].abs().max()))
+
+
+def test_probe_monitors_record_mem_and_outputs_as_for_leaky():
+    from snntorch.functional import probe
+
+    net = nn.Sequential(nn.Linear(4, 4), IzhikevichSoma(resistance=10.0, init_hidden=True))
+    mem_monitor = probe.AttributeMonitor("mem", False, net, instance=IzhikevichSoma)
+    output_monitor = probe.OutputMonitor(net, instance=IzhikevichSoma)
+    with torch.no_grad():
+        for _ in range(3):
+            net(torch.rand(2, 4))
+    assert len(mem_monitor.records) == 3 and len(output_monitor.records) == 3
+    assert mem_monitor.records[-1] is net[1].mem
+    assert mem_monitor.records[0].shape == (2, 4)
+
+
+@pytest.mark.parametrize("form", ["layer_state", "explicit_mem", "init_hidden_step", "init_hidden_sequence"])
+def test_compiled_stateful_calls_equal_eager_over_many_steps(form):
+    """torch.compile(fullgraph=True) on calls that carry state from call to call: the layer's own state, the
+    snnTorch loop passing mem back, and init_hidden in step and sequence mode."""
+    sequence = form == "init_hidden_sequence"
+    kwargs = dict(resistance=10.0, units=(5,), init_hidden=form.startswith("init_hidden"), sequence=sequence)
+    eager, compiled_layer = IzhikevichSoma(**kwargs), IzhikevichSoma(**kwargs)
+    compiled = torch.compile(compiled_layer, fullgraph=True, backend="aot_eager")
+    x = 2.5 * torch.rand(12, 4, 3, 5) if sequence else 2.5 * torch.rand(12, 3, 5)
+    mem_eager = mem_compiled = None
+    for t in range(12):
+        if form == "explicit_mem" and t:
+            (spk_e, mem_eager), (spk_c, mem_compiled) = eager(x[t], mem_eager), compiled(x[t], mem_compiled)
+        elif form.startswith("init_hidden"):
+            spk_e, spk_c = eager(x[t]), compiled(x[t])
+        else:
+            (spk_e, mem_eager), (spk_c, mem_compiled) = eager(x[t]), compiled(x[t])
+        assert torch.equal(spk_e, spk_c), t
+    assert 0 < spk_e.sum() or sequence
+    assert torch.equal(eager.recovery, compiled_layer.recovery) and torch.equal(eager.mem, compiled_layer.mem)

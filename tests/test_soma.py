@@ -8,7 +8,7 @@ from torch.testing import assert_close
 
 from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, preset
 from spark_torch.config import SCHEMES
-from spark_torch.kernel.native import direct
+from spark_torch.kernel.native import interface
 
 from reference_numpy import FIG2_COUNTS as SPEC_COUNTS
 from reference_torch import PARAM_NAMES, exact_surrogate, reference_run
@@ -316,11 +316,11 @@ def test_checkpoint_recovery_under_torch_compile_matches_eager():
 def test_checkpoint_recovery_in_step_mode_and_padded_buffers(mode, monkeypatch):
     """Checkpoints also hold for one-step calls (a 2-row buffer, one checkpoint) and for sequences run in
     a padded loop buffer (T = 21 in a 32-row buffer): identical spikes and gradients to the default."""
-    from spark_torch import ops
+    from spark_torch.execution import jax_executor
 
     if mode == "padded_sequence":
-        monkeypatch.setattr(ops, "MAX_EXACT_LENGTHS", 0)  # every length that is not a power of two is padded
-        monkeypatch.setattr(ops, "_exact_lengths", set())
+        monkeypatch.setattr(jax_executor, "MAX_EXACT_LENGTHS", 0)  # every length that is not a power of two is padded
+        monkeypatch.setattr(jax_executor, "exact_lengths", set())
     T, B, N = 21, 2, 4
     cur = _drive((T, B, N), scale=3.0)
     results = []
@@ -340,7 +340,7 @@ def test_checkpoint_recovery_in_step_mode_and_padded_buffers(mode, monkeypatch):
         results.append((spk.detach(), x.grad, layer.recovery_update.grad))
     assert results[0][0].sum() > 0
     if mode == "padded_sequence":
-        assert ops.buffer_length(T) == 32
+        assert jax_executor.buffer_length(T) == 32
     for a, b in zip(*results):
         assert torch.equal(a, b)
 
@@ -367,8 +367,8 @@ def test_deleted_layers_release_their_parameters_on_the_jax_side():
 
     import jax
 
-    units = (300_000,)  # above direct.PARALLEL_WORK: the step calls go through JAX, which keeps the views
-    assert units[0] >= direct.PARALLEL_WORK
+    units = (300_000,)  # above interface.PARALLEL_WORK: the step calls go through JAX, which keeps the views
+    assert units[0] >= interface.PARALLEL_WORK
     count = lambda: sum(a.shape == units for a in jax.live_arrays())  # noqa: E731
     before = count()
     layers = [IzhikevichSoma(units=units, resistance=10.0) for _ in range(3)]
@@ -442,3 +442,86 @@ def test_reset_state_survives_in_place_edits_and_parameter_updates():
     layer.reset()
     assert torch.equal(layer.potential, torch.full((2, 3), -70.0))
     assert torch.equal(layer.recovery, torch.full((2, 3), -17.5))
+
+
+# ---- regressions: rebuild dtype, the TBPTT assignment idiom, converted state, meta/fake tensors ----------
+
+def test_rebuild_in_another_dtype_converts_every_field_and_keeps_the_parameters():
+    layer = IzhikevichSoma(resistance=10.0, units=(4,), learnable=("recovery_timescale", "threshold"))
+    parameter = layer.recovery_timescale
+    layer.build((4,), dtype=torch.float64)
+    assert layer.recovery_timescale is parameter  # an optimizer holding it keeps training the layer's field
+    assert {t.dtype for n, t in layer.named_parameters()} | {
+        getattr(layer, n).dtype for n in IzhikevichSomaConfig.MODEL_FIELDS} == {torch.float64}
+    buffers = [name for name, _ in layer.named_buffers()]
+    assert len(buffers) == len(set(buffers)) and "threshold" not in buffers and "recovery_timescale" not in buffers
+    x = torch.full((2, 4), 1.5, dtype=torch.float64)
+    for _ in range(40):
+        spikes, mem = layer(x)
+    reference = IzhikevichSoma(resistance=10.0)
+    reference.build((4,), dtype=torch.float64)
+    for _ in range(40):
+        spikes_ref, mem_ref = reference(x)
+    assert torch.equal(mem.detach(), mem_ref)
+
+
+def test_assigning_the_layers_own_detached_mem_continues_like_detach_hidden():
+    def spike_steps(cut):
+        layer = IzhikevichSoma(resistance=10.0, units=(1,))
+        steps = []
+        for t in range(60):
+            spikes, _ = layer(torch.ones(1, 1))
+            if spikes.item():
+                steps.append(t)
+            if t % 5 == 4:
+                cut(layer)
+        return steps
+
+    def assign(layer):
+        layer.mem = layer.mem.detach()
+
+    expected = spike_steps(lambda layer: layer.detach_hidden())
+    assert expected == [4, 10, 18, 32, 54]
+    assert spike_steps(assign) == expected
+
+
+def test_a_mem_converted_with_the_layer_continues_its_recovery():
+    x = torch.ones(1, 1)
+    layer, reference = IzhikevichSoma(resistance=10.0, units=(1,)), IzhikevichSoma(resistance=10.0, units=(1,))
+    mem, mem_ref = layer.init_leaky(), reference.init_leaky()
+    for _ in range(10):
+        _, mem = layer(x, mem)
+        _, mem_ref = reference(x, mem_ref)
+    layer, mem = layer.double(), mem.double()  # the user converts the layer and the mem they hold
+    reference = reference.double()  # the layer's own state, converted with it: continues exactly
+    _, mem = layer(x.double(), mem)
+    _, mem_ref = reference(x.double())
+    assert torch.equal(layer.recovery, reference.recovery)
+    assert torch.equal(mem, mem_ref)
+    layer(x.double(), torch.zeros_like(mem))  # a fresh zero mem still restarts from the rest state
+    fresh = IzhikevichSoma(resistance=10.0, units=(1,)).double()
+    fresh(x.double(), torch.zeros_like(mem))
+    assert torch.equal(layer.recovery, fresh.recovery)
+
+
+@pytest.mark.parametrize("sequence", [False, True])
+def test_meta_tensors_give_outputs_and_gradients_of_the_right_shapes(sequence):
+    layer = IzhikevichSoma(resistance=10.0, sequence=sequence)
+    shape = (5, 2, 4) if sequence else (2, 4)
+    x = torch.ones(shape, device="meta", requires_grad=True)
+    spikes, mem = layer(x)
+    assert spikes.device.type == "meta" and spikes.shape == shape and mem.shape == shape
+    assert layer.threshold.device.type == "meta" and layer.units == (4,)
+    (spikes.sum() + mem.sum()).backward()
+    assert x.grad.shape == shape and x.grad.device.type == "meta"
+    spikes, mem = layer(x, mem[-1] if sequence else mem)
+    assert spikes.shape == shape
+
+
+def test_fake_tensor_mode_infers_shapes_without_running_the_kernel():
+    from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+
+    layer = IzhikevichSoma(resistance=10.0, units=(4,), sequence=True)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        spikes, mem = layer(torch.ones(5, 2, 4))
+    assert is_fake(spikes) and spikes.shape == (5, 2, 4) and mem.shape == (5, 2, 4)

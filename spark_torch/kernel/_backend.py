@@ -75,9 +75,10 @@ def _resolve() -> _Choice:
             raise RuntimeError(f"spark_torch: the native kernel was requested but is unavailable: {error}") from None
         if not _warned:
             _warned = True
+            remedy = (" To get the native kernel, install a C++ compiler (e.g. `apt-get install g++`) or set $CXX "
+                      "to one." if getattr(error, "reason", None) == "compiler" else "")
             warnings.warn(f"spark_torch: the native CPU kernel is unavailable ({error}); running the slower XLA "
-                          "kernel instead. To get the native kernel, install a C++ compiler (e.g. `apt-get install "
-                          "g++`) or set $CXX to one.", UserWarning, stacklevel=3)
+                          f"kernel instead.{remedy}", UserWarning, stacklevel=3)
         _active = _xla
     return _active
 

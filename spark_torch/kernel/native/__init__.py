@@ -9,17 +9,19 @@ per shape and static options. ``dt`` and ``scheme`` cross as FFI attributes; ``n
 int32 scalar, so a padded buffer runs only its first ``n_steps`` rows (the rest of every output is 0;
 ``n_steps`` outside ``[0, T_buf]`` is clamped to it).
 
-The C++ source (``izhikevich.h``, ``izhikevich_loops.h``, ``izhikevich_ffi.cc``, shipped in this package;
-``izhikevich_direct.h`` adds the same loops as plain C functions, :mod:`.direct`) evaluates every
+The C++ source (``izhikevich.h``: one step; ``izhikevich_loops.h``: the loops over a block of neurons;
+``izhikevich_interface.h``: the operands and their checks, shared by both ways in; ``izhikevich_ffi.cc``: the
+FFI handlers; ``izhikevich_direct.h``: the same loops as plain C functions, for callers that hold the memory,
+:func:`entry_points`), shipped in this package, evaluates every
 formula in the input's dtype, operation by operation in the order :mod:`spark_torch.kernel.model` writes it,
 with no fused multiply-add, so float64 results equal an IEEE evaluation of those formulas (the XLA
 loop may contract into FMAs: it agrees to rounding). It is compiled on first use and cached
 (:mod:`spark_torch.kernel.native._build`); :func:`load` says whether that worked.
 
-Operand layout: state and parameters reach C++ as flat *periodic* arrays of ``P`` elements, neuron
-``i`` (row-major over ``[*batch, *units]``) reading element ``i % P``: a scalar (``P = 1``), per-unit
-values broadcast over the batch (``P = prod(units)``), or one value per neuron. Other broadcasts are
-materialized by :func:`jnp.broadcast_to`. Time-constant cotangents cross the same way.
+Operands, results and attributes, their order and codes: :mod:`.interface` (the one Python copy of the
+library's interface, checked against the library when it is loaded). State and parameters cross as
+flat *periodic* arrays (a scalar, per-unit values broadcast over the batch, or one value per neuron);
+other broadcasts are materialized by :func:`jnp.broadcast_to`. Time-constant cotangents cross the same way.
 
 What is stored: the forward writes the same traces as the XLA loop (post-step ``v`` and ``u``, or
 ``u`` every ``K`` steps with ``recovery_every``); the backward re-integrates each step from them.
@@ -29,6 +31,7 @@ Dtypes other than float32/float64 (which the torch layer never passes) run the X
 
 from __future__ import annotations
 
+import ctypes
 import threading
 from typing import Optional
 
@@ -37,21 +40,18 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import lax_loops
-from ..model import (MIN_BUFFER_STEPS, SCHEMES, IzhikevichParams, IzhikevichState, Trajectory,
+from ..model import (MIN_BUFFER_STEPS, IzhikevichParams, IzhikevichState, Trajectory,
                      recovery_checkpoint_interval, sum_to_shape)
-from . import _build
+from . import _build, interface
 from ._build import Library, Unavailable, cache_dir
+from .interface import FORWARD_TARGET, REVERSE_TARGET
 
-__all__ = ["load", "Unavailable", "simulate_forward", "simulate_backward", "cache_dir", "FORWARD_TARGET",
-           "REVERSE_TARGET"]
-
-FORWARD_TARGET = "spark_torch_izhikevich_fwd"
-REVERSE_TARGET = "spark_torch_izhikevich_bwd"
-SURROGATES = ("atan", "fast_sigmoid", "sigmoid")  # FFI codes 1, 2, 3 (0: none)
-_NATIVE_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+__all__ = ["load", "entry_points", "Unavailable", "simulate_forward", "simulate_backward", "cache_dir",
+           "FORWARD_TARGET", "REVERSE_TARGET"]
 
 _library: Optional[Library] = None
-_failure: Optional[str] = None
+_entry_points: Optional[interface.EntryPoints] = None
+_failure: Optional[Unavailable] = None  # the first failure, raised again by every later load()
 _lock = threading.Lock()
 
 
@@ -72,17 +72,29 @@ def _load_locked() -> Library:
     global _library, _failure
     if _library is None:
         if _failure is not None:
-            raise Unavailable(_failure)
+            raise Unavailable(str(_failure), _failure.reason)
         try:
             library = _build.load()
+            interface.check_library(library.handle)
+        except interface.InterfaceMismatch as error:
+            _failure = Unavailable(f"{library.path} was built from other sources: {error}", "build")
+            raise Unavailable(str(_failure), "build") from None
         except Unavailable as error:
-            _failure = str(error)
+            _failure = error
             raise
-        for target, symbol in ((FORWARD_TARGET, "SparkTorchIzhikevichForward"),
-                               (REVERSE_TARGET, "SparkTorchIzhikevichReverse")):
+        for target, symbol in ((FORWARD_TARGET, interface.SYMBOLS["forward_ffi"]),
+                               (REVERSE_TARGET, interface.SYMBOLS["reverse_ffi"])):
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library.handle, symbol)), platform="cpu")
         _library = library
     return _library
+
+
+def entry_points() -> interface.EntryPoints:
+    """The loaded library's direct C entry points (:func:`.interface.bind`); raises :class:`Unavailable`."""
+    global _entry_points
+    if _entry_points is None:
+        _entry_points = interface.bind(load().handle)
+    return _entry_points
 
 
 def _periodic(a, dtype, state_shape) -> jax.Array:
@@ -100,15 +112,33 @@ def _empty(dtype) -> jax.Array:
     return jnp.zeros((0,), dtype)
 
 
+def _ffi_call(target: str, operands: dict, results: dict, attributes: dict):
+    """One FFI call with ``operands`` and ``results`` (``jax.ShapeDtypeStruct`` s) by name, in the order of
+    :mod:`.interface`; returns the results as a dict."""
+    forward = target == FORWARD_TARGET
+    names = interface.FORWARD_RESULTS if forward else interface.REVERSE_RESULTS
+    order = interface.FORWARD_OPERANDS if forward else interface.REVERSE_OPERANDS
+    wanted = interface.FORWARD_FFI_ATTRIBUTES if forward else interface.REVERSE_FFI_ATTRIBUTES
+    kinds = dict(interface.ATTRIBUTES)
+    attrs = {name: (np.float64 if kinds[name] is ctypes.c_double else np.int64)(attributes[name]) for name in wanted}
+    outputs = jax.ffi.ffi_call(target, tuple(results[name] for name in names), vmap_method="sequential")(
+        *(operands[name] for name in order), **attrs)
+    return dict(zip(names, outputs))
+
+
+def _model_operands(state: IzhikevichState, params: IzhikevichParams, dtype, state_shape) -> dict:
+    return {name: _periodic(a, dtype, state_shape) for name, a in
+            zip(("v0", "u0", *interface.PARAMETERS), (*state, *params))}
+
+
 def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, n_steps, dt: float, scheme: str,
                      spike_dtype=None, return_x: bool = True, return_mem: bool = False,
                      trace_state: bool = True, recovery_every: int = 0) -> Trajectory:
     """:func:`spark_torch.kernel.lax_loops.forward_loop` as one FFI call (same arguments, results and errors)."""
-    if current.dtype not in _NATIVE_DTYPES:
+    if current.dtype not in interface.DTYPES:
         return lax_loops.forward_loop(current, state, params, n_steps, dt, scheme, spike_dtype, return_x, return_mem,
                                       trace_state, recovery_every)
-    if scheme not in SCHEMES:
-        raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
+    scheme_code = interface.scheme_code(scheme)
     load()
     dtype, spike_dtype = current.dtype, jnp.dtype(jnp.bool_ if spike_dtype is None else spike_dtype)
     kernel_spike_dtype = spike_dtype if spike_dtype in (jnp.dtype(jnp.bool_), dtype) else dtype  # cast after
@@ -118,54 +148,53 @@ def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, 
     if every and every != recovery_checkpoint_interval(n_buffer):
         raise ValueError(f"`recovery_every` (={every}) must be recovery_checkpoint_interval({n_buffer}) "
                          f"= {recovery_checkpoint_interval(n_buffer)} for a {n_buffer}-row buffer")
-    steps, final = current.shape, (1, *state_shape)
-    results = (jax.ShapeDtypeStruct(steps, kernel_spike_dtype),
-               jax.ShapeDtypeStruct(steps if return_x else (0,), dtype),
-               jax.ShapeDtypeStruct(steps if trace_state else final, dtype),
-               jax.ShapeDtypeStruct(steps if trace_state and not every else final, dtype),
-               jax.ShapeDtypeStruct(steps if return_mem else (0,), dtype),
-               jax.ShapeDtypeStruct((-(-n_buffer // every), *state_shape) if every else (0,), dtype))
-    operands = (current, *(_periodic(a, dtype, state_shape) for a in (*state, *params)),
-                jnp.asarray(n_steps).astype(jnp.int32))
-    spikes, x, v, u, mem, checkpoints = jax.ffi.ffi_call(FORWARD_TARGET, results, vmap_method="sequential")(
-        *operands, dt=np.float64(dt), scheme=np.int64(SCHEMES.index(scheme)), trace_state=np.int64(trace_state),
-        every=np.int64(every))
-    return Trajectory(spikes.astype(spike_dtype), x if return_x else None, v, u, mem if return_mem else None,
-                      checkpoints if every else None)
+    steps, final = current.shape, state_shape
+    results = {"spikes": jax.ShapeDtypeStruct(steps, kernel_spike_dtype),
+               "x": jax.ShapeDtypeStruct(steps if return_x else (0,), dtype),
+               "v": jax.ShapeDtypeStruct(steps if trace_state else final, dtype),
+               "u": jax.ShapeDtypeStruct(steps if trace_state and not every else final, dtype),
+               "mem": jax.ShapeDtypeStruct(steps if return_mem else (0,), dtype),
+               "u_checkpoints": jax.ShapeDtypeStruct((-(-n_buffer // every), *state_shape) if every else (0,), dtype)}
+    operands = {"current": current, **_model_operands(state, params, dtype, state_shape),
+                "n_steps": jnp.asarray(n_steps).astype(jnp.int32)}
+    out = _ffi_call(FORWARD_TARGET, operands, results,
+                    {"dt": dt, "scheme": scheme_code, "trace_state": trace_state, "every": every})
+    v = out["v"] if trace_state else out["v"][None]
+    u = out["u"] if trace_state and not every else out["u"][None]
+    return Trajectory(out["spikes"].astype(spike_dtype), out["x"] if return_x else None, v, u,
+                      out["mem"] if return_mem else None, out["u_checkpoints"] if every else None)
 
 
 def _cotangent_operands(cotangents, current, checkpointed: bool):
-    """The five cotangent operands, the per-step bit mask, and dL/du_final (periodic or empty)."""
+    """The cotangent operands by name, the per-step bit mask, and dL/du_final (periodic or empty)."""
     dtype, state_shape = current.dtype, tuple(current.shape[1:])
     g_x, g_v, g_u, g_spikes, g_mem = (tuple(cotangents) + (None, None))[:5]
     g_u_final, g_u = (g_u, None) if checkpointed else (None, g_u)
-    operands, per_step = [], 0
-    for i, g in enumerate((g_x, g_v, g_u, g_spikes, g_mem)):
+    operands, per_step = {}, 0
+    for i, (name, g) in enumerate(zip(interface.COTANGENTS, (g_x, g_v, g_u, g_spikes, g_mem))):
         if g is None:
-            operands.append(_empty(dtype))
+            operands[name] = _empty(dtype)
         elif jnp.ndim(g) == current.ndim:
             per_step |= 1 << i
-            operands.append(jnp.broadcast_to(jnp.asarray(g, dtype), current.shape))
+            operands[name] = jnp.broadcast_to(jnp.asarray(g, dtype), current.shape)
         else:
-            operands.append(_periodic(g, dtype, state_shape))
+            operands[name] = _periodic(g, dtype, state_shape)
     if g_u_final is None:
-        g_u_last = _empty(dtype)
+        operands["g_u_final"] = _empty(dtype)
     else:
-        g_u_last = _periodic(g_u_final[0] if jnp.ndim(g_u_final) else g_u_final, dtype, state_shape)
-    return operands, per_step, g_u_last
+        operands["g_u_final"] = _periodic(g_u_final[0] if jnp.ndim(g_u_final) else g_u_final, dtype, state_shape)
+    return operands, per_step
 
 
 def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichParams, traj: Trajectory, cotangents,
                          n_steps, dt: float, scheme: str, param_mask: tuple[bool, ...] | None = None,
                          surrogate: tuple[str, float] | None = None):
     """:func:`spark_torch.kernel.lax_loops.reverse_loop` as one FFI call (same arguments, results and errors)."""
-    if current.dtype not in _NATIVE_DTYPES:
+    if current.dtype not in interface.DTYPES:
         return lax_loops.reverse_loop(current, state, params, traj, cotangents, n_steps, dt, scheme, param_mask,
                                       surrogate)
-    if scheme not in SCHEMES:
-        raise ValueError(f"`scheme` (={scheme!r}) must be one of {SCHEMES}")
-    if surrogate is not None and surrogate[0] not in SURROGATES:
-        raise ValueError(f"`surrogate` (={surrogate[0]!r}) must be one of {SURROGATES}")
+    scheme_code = interface.scheme_code(scheme)
+    surrogate_code = interface.surrogate_code(surrogate[0] if surrogate is not None else "")
     if surrogate is None and len(cotangents) > 3 and cotangents[3] is not None:
         raise ValueError("a cotangent for the spikes needs a fused `surrogate`")
     load()
@@ -174,23 +203,22 @@ def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichPara
     mask = tuple(param_mask) if param_mask is not None else (True,) * len(params)
     checkpointed = traj.u_checkpoints is not None
     every = recovery_checkpoint_interval(max(current.shape[0], MIN_BUFFER_STEPS)) if checkpointed else 0
-    g_operands, per_step, g_u_last = _cotangent_operands(cotangents, current, checkpointed)
+    g_operands, per_step = _cotangent_operands(cotangents, current, checkpointed)
     spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes.astype(dtype)
-    operands = (current, *(_periodic(a, dtype, state_shape) for a in (*state, *params)), spikes,
-                traj.v.astype(dtype), (traj.u_checkpoints if checkpointed else traj.u).astype(dtype), *g_operands,
-                g_u_last, jnp.asarray(n_steps).astype(jnp.int32))
-    results = (jax.ShapeDtypeStruct(current.shape, dtype), jax.ShapeDtypeStruct(state_shape, dtype),
-               jax.ShapeDtypeStruct(state_shape, dtype),
-               *(jax.ShapeDtypeStruct(state_shape if wanted else (0,), dtype) for wanted in mask))
-    g_current, g_v0, g_u0, *g_params = jax.ffi.ffi_call(REVERSE_TARGET, results, vmap_method="sequential")(
-        *operands, dt=np.float64(dt), scheme=np.int64(SCHEMES.index(scheme)),
-        surrogate=np.int64(0 if surrogate is None else 1 + SURROGATES.index(surrogate[0])),
-        surrogate_param=np.float64(0.0 if surrogate is None else surrogate[1]), every=np.int64(every),
-        per_step=np.int64(per_step))
-    g_state = IzhikevichState(sum_to_shape(g_v0, jnp.shape(state.v)), sum_to_shape(g_u0, jnp.shape(state.u)))
-    g_params = IzhikevichParams(*(sum_to_shape(g, jnp.shape(q)) if wanted else None
-                                  for g, q, wanted in zip(g_params, params, mask)))
-    return g_current, g_state, g_params
+    operands = {"current": current, **_model_operands(state, params, dtype, state_shape), "spikes": spikes,
+                "v": traj.v.astype(dtype), "u": (traj.u_checkpoints if checkpointed else traj.u).astype(dtype),
+                **g_operands, "n_steps": jnp.asarray(n_steps).astype(jnp.int32)}
+    per_neuron = {name: jax.ShapeDtypeStruct(state_shape, dtype) for name in ("g_v0", "g_u0")}
+    for name, wanted in zip(interface.REVERSE_RESULTS[3:], mask):
+        per_neuron[name] = jax.ShapeDtypeStruct(state_shape if wanted else (0,), dtype)
+    out = _ffi_call(REVERSE_TARGET, operands, {"g_current": jax.ShapeDtypeStruct(current.shape, dtype), **per_neuron},
+                    {"dt": dt, "scheme": scheme_code, "surrogate": surrogate_code,
+                     "surrogate_param": 0.0 if surrogate is None else surrogate[1], "every": every,
+                     "per_step": per_step})
+    g_state = IzhikevichState(sum_to_shape(out["g_v0"], jnp.shape(state.v)), sum_to_shape(out["g_u0"], jnp.shape(state.u)))
+    g_params = IzhikevichParams(*(sum_to_shape(out[name], jnp.shape(q)) if wanted else None
+                                  for name, q, wanted in zip(interface.REVERSE_RESULTS[3:], params, mask)))
+    return out["g_current"], g_state, g_params
 
 
 simulate_forward = jax.jit(_simulate_native, static_argnames=(

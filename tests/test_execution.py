@@ -8,8 +8,10 @@ These tests pin the counts of :data:`spark_torch.bridge.crossings` for the loop 
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, bridge, kernel, native_calls
-from spark_torch.kernel.native import direct
+from spark_torch import IzhikevichSoma, bridge, kernel
+from spark_torch.execution import route
+from spark_torch.kernel.native import interface
+
 
 
 def _loop(layer, x, loss="sum"):
@@ -81,7 +83,7 @@ def test_inference_step_runs_one_kernel_call(kernel_backend):
 def test_large_step_calls_go_through_jax(kernel_backend, monkeypatch):
     """Above the size the native kernel runs on one thread, a step call takes the JAX path (whose FFI call
     spreads the neurons over the cores); here the threshold is lowered to 32 neurons to show it."""
-    monkeypatch.setattr(direct, "PARALLEL_WORK", 32)
+    monkeypatch.setattr(interface, "PARALLEL_WORK", 32)
     layer = IzhikevichSoma(resistance=10.0, units=(8,))
     small, large = 3.0 * torch.rand(3, 8), 3.0 * torch.rand(4, 8)  # 24 and 32 neurons
     for cur, crosses in ((small, kernel_backend == "xla"), (large, True)):
@@ -127,7 +129,7 @@ def test_direct_calls_equal_the_native_kernel_through_jax(dtype, fuse, scheme, m
                                learnable=("threshold", "recovery_timescale", "resistance")).to(dtype)
         with kernel.use_backend("native"), monkeypatch.context() as patch:
             if path == "jax":
-                patch.setattr(native_calls, "entry_points_for", lambda current: None)
+                patch.setattr(route, "executor_for", lambda call, current: route.JAX)
             bridge.crossings.clear()
             results[path] = _step_loop_results(layer, x0.clone().requires_grad_(), mem0.clone().requires_grad_(),
                                                 weights)
@@ -138,32 +140,6 @@ def test_direct_calls_equal_the_native_kernel_through_jax(dtype, fuse, scheme, m
         assert torch.equal(a, b)
     for a, b in zip(rounded, rounded_jax):
         torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
-
-
-def test_direct_entry_points_reject_bad_operands():
-    """The C functions check what they can (dtype code, periods, null buffers) and write nothing when wrong."""
-    native = pytest.importorskip("spark_torch.kernel.native")
-    try:
-        entry = direct.entry_points()
-    except native.Unavailable as error:
-        pytest.skip(f"no native kernel here: {error}")
-    m = 6
-    current, out = torch.ones(m), [torch.full((m,), 7.0) for _ in range(4)]
-    params = [torch.full((3,), value) for value in (-65.0, -65.0, 1.0, 30.0, 0.02, 0.2, 8.0)]
-    model = [torch.full((m,), -65.0), torch.full((m,), -13.0), *params]
-
-    def forward(periods, dtype_code=0):
-        return entry.forward(dtype_code, 1, m, 1.0, 0, current.data_ptr(),
-                             direct.pointer_array[9](*(t.data_ptr() for t in model)), direct.period_array[9](*periods),
-                             out[0].data_ptr(), 0, None, out[1].data_ptr(), out[2].data_ptr(), out[3].data_ptr())
-
-    good = [m, m] + [3] * 7
-    assert forward([m, m, 4] + [3] * 6) == 1  # 4 does not divide 6
-    assert forward([m, m, 0] + [3] * 6) == 1  # a parameter cannot be absent
-    assert forward(good, dtype_code=2) == 1
-    assert all(torch.equal(t, torch.full((m,), 7.0)) for t in out)
-    assert forward(good) == 0
-    assert torch.equal(out[1], torch.full((m,), -65.0 + (0.04 * 65 * 65 - 5 * 65 + 140 + 13 + 1)))
 
 
 def test_sequence_call_from_rest_imports_only_its_input(kernel_backend):
@@ -206,7 +182,7 @@ def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, 
         x, mem0_ = x0.clone().requires_grad_(), mem0.clone().requires_grad_()
         with kernel.use_backend("native"), monkeypatch.context() as patch:
             if path == "jax":
-                patch.setattr(native_calls, "entry_points_for", lambda current: None)
+                patch.setattr(route, "executor_for", lambda call, current: route.JAX)
             bridge.crossings.clear()
             spk, mem = layer(x, mem0_)
             losses[loss](spk, mem).backward()
@@ -218,3 +194,31 @@ def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, 
         assert torch.equal(a, b)
     for a, b in zip(rounded, rounded_jax):
         torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
+@pytest.mark.parametrize("path", ["direct", "jax", "compiled"])
+def test_double_backward_is_refused_not_silently_wrong(kernel_backend, path, monkeypatch):
+    """A gradient penalty (dm/dx)² needs the second derivative of the kernel, which it does not have: the
+    backward through the penalty raises, on every path, instead of returning a wrong number."""
+    if path == "direct" and kernel_backend != "native":
+        pytest.skip("the direct executor runs the native kernel")
+    if path == "jax":
+        monkeypatch.setattr(route, "executor_for", lambda call, current: route.JAX)
+    layer = IzhikevichSoma(resistance=1.0, units=(3,), sequence=True)
+    run = torch.compile(layer, fullgraph=True, backend="aot_eager") if path == "compiled" else layer
+    w = torch.tensor(0.7, requires_grad=True)
+    x = torch.rand(4, 2, 3, requires_grad=True)
+    spikes, mem = run(w * x)
+    (g,) = torch.autograd.grad(mem.sum(), x, create_graph=True)  # first order: fine
+    assert torch.isfinite(g).all()
+    # torch.compile refuses double backward itself (aot_autograd), with its own clear error
+    with pytest.raises(RuntimeError, match="no second derivative|does not currently support double backward"):
+        (g ** 2).sum().backward()
+    assert w.grad is None
+
+
+def test_gradgradcheck_raises_the_clear_error(kernel_backend):
+    layer = IzhikevichSoma(resistance=1.0, units=(2,), sequence=True).double()
+    x = torch.rand(3, 1, 2, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(RuntimeError, match="no second derivative"):
+        torch.autograd.gradgradcheck(lambda c: layer(c)[1], (x,))

@@ -14,14 +14,14 @@ import snntorch.surrogate
 import torch
 
 from spark_torch import bridge, kernel
-from spark_torch import ops  # noqa: F401  (registers the custom ops)
+from spark_torch import execution
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref_np  # noqa: E402
 from reference_torch import PARAM_NAMES, reference_run  # noqa: E402
 
-SCAN = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan
-SCAN_BWD = getattr(torch.ops, ops.OP_NAMESPACE).izhikevich_scan_backward
+SCAN = getattr(torch.ops, execution.OP_NAMESPACE).izhikevich_scan
+SCAN_BWD = getattr(torch.ops, execution.OP_NAMESPACE).izhikevich_scan_backward
 DT = torch.tensor(1.0, dtype=torch.float64)  # the ops take dt (ms) as a 0-d CPU tensor
 SCHEMES = ("euler", "izhikevich2003")
 
@@ -265,8 +265,9 @@ def test_opcheck_backward(kernel_backend):
     spikes, x, v, u, mem, _ = run_op(current, v0, u0, params)
     g = torch.randn(2, *x.shape, dtype=x.dtype)
     plist = [params[k] for k in PARAM_NAMES]
-    torch.library.opcheck(SCAN_BWD, (current, v0, u0, plist, spikes, v, u, g[0], g[1], None, DT, "euler",
-                                    [True, False, True, False, True, False, True]))
+    needs = [True, False, True, True, False, True, False, True, False, True]
+    torch.library.opcheck(SCAN_BWD, ([current, v0, u0, *plist, spikes, v, u], g[0], g[1], None, None, None, DT,
+                                     "euler", "", 0.0, False, needs))
 
 
 # ---- (e) torch.compile -------------------------------------------------------------------------

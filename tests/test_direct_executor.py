@@ -1,0 +1,101 @@
+"""spark_torch.execution.direct_executor: the C loops on torch's memory, and the checks on every address it
+hands to C (dtype, device, contiguity, element count or period)."""
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from spark_torch import IzhikevichSoma
+from spark_torch.execution import KernelCall, direct_executor, route
+from spark_torch.execution.direct_executor import _buffer
+
+
+@pytest.fixture(scope="module")
+def native_kernel():
+    from spark_torch.kernel import native
+
+    try:
+        native.load()
+    except native.Unavailable as error:
+        pytest.skip(f"no native kernel here: {error}")
+
+
+@pytest.mark.parametrize("tensor,kwargs,error,match", [
+    (torch.ones(4, dtype=torch.float64), dict(count=4), TypeError, "float32"),
+    (torch.ones(4, 2).t(), dict(count=8), TypeError, "contiguous"),
+    (torch.ones(5), dict(count=4), ValueError, "4 elements"),
+    (torch.ones(4), dict(period_of=6), ValueError, "divides 6"),
+    (torch.ones(0), dict(period_of=6), ValueError, "divides 6"),
+])
+def test_every_address_handed_to_c_is_checked(tensor, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        _buffer(tensor, "operand", torch.float32, **kwargs)
+    assert _buffer(None, "absent", torch.float32).count == 0
+    assert _buffer(torch.ones(3), "ok", torch.float32, period_of=6).count == 3
+
+
+def test_small_cpu_calls_take_the_direct_executor(native_kernel):
+    from spark_torch import kernel
+
+    call = KernelCall(1.0, "euler", step=True)
+    with kernel.use_backend("native"):
+        assert route.executor_for(call, torch.ones(4, 8)) is route.DIRECT
+        assert route.executor_for(call._replace(recovery_checkpoints=True), torch.ones(4, 8)) is route.JAX
+        assert route.executor_for(call, torch.ones(1 << 18)) is route.JAX
+    with kernel.use_backend("xla"):
+        assert route.executor_for(call, torch.ones(4, 8)) is route.JAX
+    assert route.executor_for(call, torch.ones(4, 8, device="meta")) is route.SHAPES
+
+
+@pytest.mark.parametrize("field", ["recovery_timescale", "threshold", "resistance"])
+def test_a_field_of_another_dtype_is_refused_before_any_kernel_runs(kernel_backend, field):
+    """A float64 layer given a float32 field (or a float32 layer a float64 one) raises a TypeError naming the
+    field; nothing is read past a buffer's end, no silently wrong value."""
+    for layer_dtype, field_dtype in ((torch.float64, torch.float32), (torch.float32, torch.float64)):
+        layer = IzhikevichSoma(resistance=10.0, units=(4,), learnable=(field,)).to(layer_dtype)
+        setattr(layer, field, torch.nn.Parameter(getattr(layer, field).detach().to(field_dtype)))
+        with pytest.raises(TypeError, match=f"`{field}` has dtype {field_dtype}"):
+            layer(torch.ones(2, 4, dtype=layer_dtype))
+        assert layer.mem.numel() == 0  # the rejected call left the state as it was (never called)
+
+
+def test_a_short_buffer_before_an_inaccessible_page_is_refused_not_read(native_kernel, tmp_path):
+    """A float32 field of 4 elements that ends where an inaccessible page begins, set on a float64 layer: reading
+    it as 4 float64 values would fault. The call must raise a TypeError instead (in a subprocess, so that a
+    fault could not take the test runner down)."""
+    script = textwrap.dedent("""
+        import ctypes, mmap, torch
+        from spark_torch import IzhikevichSoma, kernel
+        page = mmap.PAGESIZE
+        area = mmap.mmap(-1, 2 * page, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        libc = ctypes.CDLL(None)
+        address = ctypes.addressof(ctypes.c_char.from_buffer(area))
+        assert libc.mprotect(ctypes.c_void_p(address + page), page, 0) == 0
+        field = torch.frombuffer(area, dtype=torch.float32, count=4, offset=page - 16)
+        field.fill_(0.02)
+        layer = IzhikevichSoma(resistance=10.0, units=(4,)).double()
+        layer.recovery_timescale = field
+        kernel.set_backend("native")
+        try:
+            layer(torch.ones(2, 4, dtype=torch.float64))
+        except TypeError as error:
+            print("refused:", error)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "refused: `recovery_timescale` has dtype torch.float32" in done.stdout
+
+
+def test_non_contiguous_input_is_copied_explicitly_once(native_kernel):
+    from spark_torch import bridge, kernel
+
+    layer = IzhikevichSoma(resistance=10.0, units=(3,), sequence=True)
+    current = 3.0 * torch.rand(5, 3, 2).transpose(1, 2)  # [T, B, N], not contiguous
+    with kernel.use_backend("native"):
+        bridge.reset_copy_counts()
+        spikes, mem = layer(current)
+        assert bridge.copy_counts["non-contiguous"] == 1
+        assert torch.equal(mem, layer(current.contiguous())[1])

@@ -11,7 +11,7 @@ import os as _os
 import sys as _sys
 
 # On small CPUs, torch's OpenMP workers spin-wait after every parallel op and steal the cores that
-# JAX's kernel needs (measured: up to ~4x slower layer calls with 2 threads). OpenMP reads its wait
+# JAX's kernel needs (the layer's calls then stall). OpenMP reads its wait
 # policy once, when torch is first imported: if that has not happened yet, and the user has not chosen
 # a policy, we choose PASSIVE (workers sleep instead of spinning). Nothing is changed otherwise.
 if "torch" not in _sys.modules:

@@ -24,7 +24,7 @@ Design note — who owns a buffer, and when a copy happens:
   the work torch queued on the tensor's stream; tests/test_cuda.py). A tensor on a device JAX has no
   backend for raises a ``RuntimeError`` that names it, instead of a DLPack error from inside JAX.
 * Cost: on CPU both directions call JAX's own DLPack primitives directly (the public wrappers add
-  ~40 µs of Python checks per tensor); other devices and other JAX versions use the public API.
+  Python checks per tensor); other devices and other JAX versions use the public API.
   Module parameters go through :func:`to_jax_shared`, which reuses one JAX view per parameter, kept by
   the module that owns it.
 """

@@ -43,7 +43,7 @@ from snntorch import functional as SF
 from snntorch import spikegen, utils
 from torch import nn
 
-from .patterns import agg_pyplot
+from .plotting import agg_pyplot
 from .soma import IzhikevichSoma
 
 __all__ = [

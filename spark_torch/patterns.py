@@ -15,10 +15,11 @@ from typing import Optional
 import numpy as np
 import torch
 
+from .plotting import agg_pyplot
 from .presets import PRESETS, preset
 from .soma import IzhikevichSoma
 
-__all__ = ["PatternTrace", "simulate_presets", "plot_patterns", "agg_pyplot"]
+__all__ = ["PatternTrace", "simulate_presets", "plot_patterns"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,11 +112,3 @@ def plot_patterns(traces: Sequence[PatternTrace], path, window_ms: float = 300.0
     plt.close(fig)
 
 
-def agg_pyplot():
-    """``matplotlib.pyplot`` on the file-only Agg backend (no display needed)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt

@@ -3,8 +3,7 @@
 Why: every layer call returns fresh ``[T, B, *units]`` tensors (the JAX kernel's outputs, torch's).
 glibc's ``malloc`` serves large blocks (≥ 128 KiB, its threshold growing up to 32 MiB) with ``mmap``
 and gives them back to the OS when freed, so the next call touches brand-new pages and pays a page
-fault per 4 KiB (~0.2 ms per MiB measured on a 2-core VM). At
-100×32×256 the kernel's forward alone took 6.7 ms with ~2,400 faults per call and 2.3 ms with none.
+fault per 4 KiB, which on large calls can cost as much as the arithmetic (the benchmark measures it).
 
 ``import spark_torch`` changes none of this: it is the host program's allocator. A program opts in with
 :func:`keep_freed_memory_mapped` (blocks below 1 GiB are served from the main heap, for every thread: JAX
@@ -55,8 +54,7 @@ def keep_freed_memory_mapped(threshold_bytes: int = 1 << 30) -> bool:
     the top of the heap is kept instead of returned to the OS. Also sets ``M_ARENA_MAX`` to 1, so that
     threads created from now on allocate from the main heap: glibc's per-thread heaps are limited to
     64 MiB, so a larger block allocated on a thread (e.g. a JAX output at 50×256×4096) would be
-    ``mmap``-ed and faulted in on every call whatever the threshold (measured: 208,000 page faults
-    and 409 ms for one kernel forward at that size, 0 and 202 ms with one arena). Equivalent to
+    ``mmap``-ed and faulted in on every call whatever the threshold. Equivalent to
     starting Python with ``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_`` and
     ``MALLOC_ARENA_MAX=1``. Returns ``False`` (and changes nothing) where the C library is not glibc.
     """

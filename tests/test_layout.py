@@ -109,3 +109,49 @@ def test_the_checks_see_the_package():
     examples = ("BRIDGE" + "_NOTES.md", "see SP" + "EC.md", "SPEC" + " §4", "STYLE" + ".md", "Iss" + "ue #7",
                 "iss" + "ue 12")
     assert all(pattern.search(text) for pattern, text in zip(EXTERNAL_REFERENCES, examples, strict=True))
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path, module: str, modules) -> set:
+    """The package modules that ``path`` imports, anywhere in the file (function-level imports included):
+    ``from package import name`` imports the module ``package.name`` if there is one, else ``package``."""
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package
+            for _ in range(node.level - 1):
+                base = base.rpartition(".")[0]
+            base = (f"{base}.{node.module}" if node.module else base) if node.level else node.module
+            for alias in node.names:
+                found.add(f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base)
+    return found
+
+
+def test_the_package_has_no_import_cycle():
+    """The graph of imports between the package's modules (a module imports the modules it names; importing a
+    submodule does not count as importing its package's ``__init__``) is acyclic."""
+    modules = {_module_name(p): p for p in _python_files()}
+    graph = {name: sorted(m for m in _imports(path, name, modules) if m in modules and m != name)
+             for name, path in modules.items()}
+    state, cycles = {}, []
+
+    def visit(node, trail):
+        state[node] = "open"
+        for nxt in graph[node]:
+            if state.get(nxt) == "open":
+                cycles.append(trail[trail.index(nxt):] + [nxt])
+            elif nxt not in state:
+                visit(nxt, trail + [nxt])
+        state[node] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [name])
+    assert not cycles, "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

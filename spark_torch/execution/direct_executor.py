@@ -19,6 +19,7 @@ here (the route sends such calls to JAX).
 from __future__ import annotations
 
 import ctypes
+import threading
 from typing import Optional
 
 import torch
@@ -62,16 +63,36 @@ def _periodic(tensor: torch.Tensor, state_shape: torch.Size) -> torch.Tensor:
     return tensor.expand(state_shape).contiguous()
 
 
+def _still_valid(model: Optional[list]) -> bool:
+    """Whether the forward's model views still point to their tensors' memory (``tensor.data = ...`` between
+    forward and backward would leave a dangling address)."""
+    return model is not None and all(t.data_ptr() == view.data and t.numel() == view.count for t, view in model)
+
+
 def _model_views(v0, u0, params, state_shape: torch.Size, m: int) -> list:
     operands = (_periodic(t, state_shape) for t in (v0, u0, *params))
     return [(t, _buffer(t, name, v0.dtype, period_of=m)) for t, name in zip(operands, ("v0", "u0", *PARAMETERS))]
+
+
+_errors = threading.local()
+_step_counts: dict = {}
+
+
+def _step_count(n_steps: int) -> torch.Tensor:
+    """``n_steps`` as a 1-element int32 tensor, made once per value (read-only for C)."""
+    tensor = _step_counts.get(n_steps)
+    if tensor is None:
+        tensor = _step_counts[n_steps] = torch.tensor([n_steps], dtype=torch.int32)
+    return tensor
 
 
 def _call(function, attributes: interface.Attributes, operands: list, results: list, what: str) -> None:
     """Run a C entry point on ``(tensor, View)`` pairs; the tensors stay referenced until it returns."""
     in_views = (interface.View * len(operands))(*(view for _, view in operands))
     out_views = (interface.View * len(results))(*(view for _, view in results))
-    error = ctypes.create_string_buffer(_ERROR_SIZE)
+    error = getattr(_errors, "buffer", None)
+    if error is None:
+        error = _errors.buffer = ctypes.create_string_buffer(_ERROR_SIZE)
     if function(ctypes.byref(attributes), in_views, len(operands), out_views, len(results), error, _ERROR_SIZE):
         raise RuntimeError(f"the native kernel rejected the operands of a {what} call: {error.value.decode()}")
 
@@ -91,9 +112,8 @@ class DirectExecutor:
         spikes, mem = torch.empty_like(current), torch.empty_like(current)
         x = None if call.surrogate else torch.empty_like(current)
         v, u = (torch.empty_like(current) if trace_state else current.new_empty(state_shape) for _ in range(2))
-        steps = torch.tensor(t_buf, dtype=torch.int32)
-        operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *_model_views(v0, u0, params,
-                                                                                             state_shape, m),
+        steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m)
+        operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *model,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
         n_state = t_buf * m if trace_state else m
         results = [(spikes, _buffer(spikes, "spikes", dtype, t_buf * m)), (x, _buffer(x, "x", dtype, t_buf * m)),
@@ -106,7 +126,8 @@ class DirectExecutor:
         _call(native.entry_points().forward, attributes, operands, results, "forward")
         if not trace_state and not call.step:
             v, u = v[None], u[None]
-        return Outputs(spikes, x, v, u, mem), Residuals((current, v0, u0, *params, spikes, v, u))
+        # the model's operands are kept for the backward (the tensors they point to are saved too)
+        return Outputs(spikes, x, v, u, mem), Residuals((current, v0, u0, *params, spikes, v, u), model)
 
     def backward(self, call: KernelCall, saved: tuple, cache, cotangents: Cotangents, needs: tuple,
                  views: Optional[dict]):
@@ -119,9 +140,9 @@ class DirectExecutor:
         m, dtype = state_shape.numel(), current.dtype
         t_buf = 1 if call.step else current.shape[0]
         per_step, g_operands = _cotangent_views(cotangents, call, state_shape, dtype, t_buf * m, m)
-        steps = torch.tensor(t_buf, dtype=torch.int32)
-        operands = [(current, _buffer(current, "current", dtype, t_buf * m)),
-                    *_model_views(v0, u0, params, state_shape, m),
+        steps = _step_count(t_buf)
+        model = cache if _still_valid(cache) else _model_views(v0, u0, params, state_shape, m)
+        operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *model,
                     *((t, _buffer(t, n, dtype, t_buf * m)) for t, n in ((spikes, "spikes"), (v, "v"), (u, "u"))),
                     *g_operands, (None, _buffer(None, "g_u_final", dtype)),
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]

@@ -20,6 +20,8 @@ def has_no_data(tensor: torch.Tensor) -> bool:
     """Whether ``tensor`` is a meta tensor or a fake tensor (no memory behind it)."""
     if tensor.device.type == "meta":
         return True
+    if type(tensor) is torch.Tensor or type(tensor) is torch.nn.Parameter:  # the common case, decided at once
+        return False
     from torch._subclasses.fake_tensor import is_fake
 
     return is_fake(tensor)

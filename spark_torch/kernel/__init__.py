@@ -57,7 +57,7 @@ in the environment (default ``auto``: native if it builds, else xla with one war
 the context manager :func:`use_backend`, and :func:`backend` (the one in use).
 
 Modules: :mod:`.model` (the types, constants and one-step equations), :mod:`.lax_loops` (the XLA
-loops), :mod:`.native` (the C++ kernel and its build; :mod:`.native.direct`, its loops as plain C
+loops), :mod:`.native` (the C++ kernel and its build; :func:`.native.entry_points`, its loops as plain C
 functions for callers that hold the memory), :mod:`._backend` (backend choice and dispatch),
 :mod:`.step_calls` (one step as its own jitted pair, at the state's shape: what a step-mode call runs
 through JAX).

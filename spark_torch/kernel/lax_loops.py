@@ -40,9 +40,7 @@ def _distinct_zeros(shape, dtype, k: int):
 
     XLA merges identical ``zeros`` into one buffer and then gives every loop buffer its own *copy* of
     it: one extra read and write of ``[T, ...]`` per trace. ``(iota + k) * 0`` (floating point: XLA
-    cannot fold it) is written once per buffer instead; its values are exactly +0. (Kernel forward at
-    50×256×4096, with the select-based :func:`~spark_torch.kernel.model.confine`: 148 -> 126 ms in one
-    A/B series, equal in a later one; this VM's memory bandwidth varies.)
+    cannot fold it) is written once per buffer instead; its values are exactly +0.
     """
     if k == 0:
         return jnp.zeros(shape, dtype)

@@ -242,6 +242,7 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
+        inputs.check_params_match(cur, {name: getattr(self, name) for name in MODEL_FIELDS})
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
             v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
         else:

@@ -246,7 +246,7 @@ def test_benchmark_quick_mode_runs_on_cuda(tmp_path):
     assert res["meta"]["device"] == "cuda" and res["meta"]["device_name"]
     rec = res["sizes"][0]
     assert {"spark_seq", "spark_step", "jax_direct", "torch_eager", "snn_leaky"} <= set(rec["timings"]["fwdbwd"])
-    for name in ("c_fused", "numba_fused"):
+    for name in ("c_anchor", "numba_fused"):
         assert "--device cuda" in res["contenders"][name]["reason"]
     for name in ("spark_seq", "spark_step", "jax_direct"):
         assert rec["spike_counts"][name]["agrees"], rec["spike_counts"][name]

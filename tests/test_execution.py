@@ -212,7 +212,7 @@ def test_double_backward_is_refused_not_silently_wrong(kernel_backend, path, mon
     (g,) = torch.autograd.grad(mem.sum(), x, create_graph=True)  # first order: fine
     assert torch.isfinite(g).all()
     # torch.compile refuses double backward itself (aot_autograd), with its own clear error
-    with pytest.raises(RuntimeError, match="no second derivative|does not currently support double backward"):
+    with pytest.raises(RuntimeError, match="no second derivative|double backward|create_graph=False"):
         (g ** 2).sum().backward()
     assert w.grad is None
 

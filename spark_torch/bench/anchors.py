@@ -1,23 +1,26 @@
-"""Hand-fused anchors for :mod:`spark_torch.bench`: the same RS workload as one loop in Numba and in C.
+"""Hand-fused anchors for :mod:`spark_torch.bench`: the same RS workload (:mod:`~spark_torch.bench.base`) as
+one loop written by hand, in C (:class:`CAnchor`, the anchor the report compares against) and in Numba.
 
 Not part of the library: they are what a user could write by hand for this one model (fixed parameters,
 float32, euler, fast-sigmoid surrogate, ``loss = spikes.sum()``), the yardstick the layer is measured
-against. Blocks of 256 neurons stay in L1 for all T steps; the forward saves the pre-step state; the
-backward re-integrates each step and applies the surrogate derivative and the detached reset.
+against. Neurons run in blocks whose state stays in L1 for all T steps.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from .contenders import A, B_, C, D, DT, SLOPE, V_PK, V_R, Contender, Unavailable
+from .base import A, B_, C, D, DT, SLOPE, V_PK, V_R, Contender, Unavailable, loss_weights
 
-#: The C anchor's source, compiled on first use with the system C compiler.
-C_SOURCE = Path(__file__).with_name("c_fused.c")
+#: The C anchor's source, compiled on first use with the system C compiler (:func:`c_library`).
+C_SOURCE = Path(__file__).with_name("c_anchor.c")
 
 _NUMBA_KERNELS = None
 
@@ -81,7 +84,8 @@ def _numba_kernels():
 
 
 class NumbaFused(Contender):
-    """Hand-fused reference loop (not part of the library): a block of neurons stays in L1 for all T steps.
+    """Hand-fused reference loop in Numba, one thread (not part of the library): a block of neurons stays in
+    L1 for all T steps.
 
     Forward saves the pre-step ``(v, u)`` (float32) and emits float32 spikes; backward re-integrates each
     step from them, applies the fast-sigmoid derivative and the detached hard reset. Output buffers are
@@ -89,8 +93,8 @@ class NumbaFused(Contender):
     """
 
     name, label = "numba_fused", "hand-fused loop (Numba)"
-    note = ("Numba @njit(parallel=False) fwd+bwd over blocks of 256 neurons; the 1.5x anchor. Its 4 [T,B,N] "
-            "buffers (spk, v, u, grad) are allocated once in setup and reused, so its 'extra memory' reads ~0")
+    note = ("Numba @njit(parallel=False) fwd+bwd over blocks of 256 neurons, pre-step (v, u) kept per step. Its 4 "
+            "[T,B,N] buffers (spk, v, u, grad) are allocated once in setup and reused, so its 'extra memory' reads ~0")
     BLOCK = 256
     devices = ("cpu",)
 
@@ -106,8 +110,7 @@ class NumbaFused(Contender):
         self.In = np.ascontiguousarray(current.numpy().reshape(T, -1))
         self.shape = current.shape
         self.spk, self.vs, self.us, self.gI = (np.empty_like(self.In) for _ in range(4))
-        self.wn = (np.ones_like(self.In) if self.loss == "sum" else
-                   torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy().reshape(T, -1))
+        self.wn = np.ones_like(self.In) if self.loss == "sum" else loss_weights(current.shape).numpy().reshape(T, -1)
         self.kf, self.kb = _numba_kernels()
 
     def fwd(self):
@@ -121,73 +124,107 @@ class NumbaFused(Contender):
         return self.fwd().sum(0).astype(np.int64)
 
 
-def _c_library():
-    """Compile ``c_fused.c`` (beside this file) once per process with the system C compiler (``cc -O3 -march=native
-    -ffp-contract=off``: vectorized, but no fused multiply-adds, so it rounds like the other float32
-    contenders); ``Unavailable`` if there is none."""
-    global _C_LIBRARY
-    if _C_LIBRARY is None:
-        import ctypes
-        import shutil
-        import subprocess
-        import tempfile
+class Model(ctypes.Structure):
+    """The C anchor's neuron constants (``Model`` in ``c_anchor.c``), passed by value."""
 
-        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
-        if cc is None:
-            raise Unavailable("no C compiler (cc/gcc/clang) on PATH")
-        with tempfile.TemporaryDirectory(prefix="spark_torch_bench_c_") as tmp:  # the loaded library outlives it
-            src, lib = str(C_SOURCE), os.path.join(tmp, "izh.so")
-            cmd = [cc, "-O3", "-march=native", "-ffp-contract=off", "-shared", "-fPIC", "-o", lib, src]
-            done = subprocess.run(cmd, capture_output=True, text=True)
-            if done.returncode != 0:
-                raise Unavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:200]}")
-            _C_LIBRARY = ctypes.CDLL(lib)
-    return _C_LIBRARY
+    _fields_ = [(name, ctypes.c_float) for name in ("a", "b", "c", "d", "vr", "vpk", "dt", "slope")]
 
+
+#: The C compiler's flags: vectorized for this CPU, no fused multiply-add (so it rounds as the library's native
+#: kernel does), OpenMP threads over the blocks; without ``-fopenmp`` when the compiler rejects it.
+C_FLAGS = ("-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC")
 
 _C_LIBRARY = None
 
 
-class CFused(Contender):
-    """Hand-fused reference loop in C (not part of the library): the single-thread C anchor.
+def c_library():
+    """``c_anchor.c`` compiled once per process with the system C compiler and loaded: ``(library, flags)``.
 
-    Same algorithm as :class:`NumbaFused` (blocks of 256 neurons stay in L1 for all T steps; forward
-    saves the pre-step state; backward re-integrates each step and applies the fast-sigmoid derivative
-    and the detached reset), written branch-free so that the compiler vectorizes the neuron loop.
-    Buffers are allocated once in setup and reused.
+    Raises :class:`Unavailable` when there is no compiler or it fails with and without ``-fopenmp``.
+    """
+    global _C_LIBRARY
+    if _C_LIBRARY is None:
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+        if cc is None:
+            raise Unavailable("no C compiler (cc/gcc/clang) on PATH")
+        errors = []
+        with tempfile.TemporaryDirectory(prefix="spark_torch_bench_c_") as tmp:  # the loaded library outlives it
+            for extra in (("-fopenmp",), ()):
+                lib = os.path.join(tmp, f"izh{len(extra)}.so")
+                cmd = [cc, *C_FLAGS, *extra, "-o", lib, str(C_SOURCE)]
+                done = subprocess.run(cmd, capture_output=True, text=True)
+                if done.returncode == 0:
+                    _C_LIBRARY = (_declare(ctypes.CDLL(lib)), " ".join(cmd[1:-3]))
+                    break
+                errors.append(f"{' '.join(cmd)} failed: {done.stderr.strip()[:200]}")
+            else:
+                raise Unavailable("; ".join(errors))
+    return _C_LIBRARY
+
+
+def _declare(lib):
+    f32p = ctypes.POINTER(ctypes.c_float)
+    lib.izh_forward.argtypes = [f32p, f32p, f32p, ctypes.c_long, ctypes.c_long, Model]
+    lib.izh_reverse.argtypes = [f32p, f32p, f32p, ctypes.c_long, ctypes.c_long, Model]
+    lib.izh_forward.restype = lib.izh_reverse.restype = None
+    lib.izh_threads.restype = ctypes.c_int
+    return lib
+
+
+def _staggered(shape, address: int, k: int) -> np.ndarray:
+    """A float32 buffer whose address is ``k·(1024 + 64)`` bytes past ``address`` modulo the 4 KiB page, so
+    that the loop's input, outputs and kept ``v*`` rows (equal strides) never share their offset in a page:
+    a load and a store 4 KiB apart look alike to the CPU's store-to-load check (4K aliasing)."""
+    n = int(np.prod(shape))
+    raw = np.empty(n + 1024, np.float32)
+    start = ((address + k * (1024 + 64) - raw.ctypes.data) % 4096) // 4
+    return raw[start:start + n].reshape(shape)
+
+
+def _pointer(array):
+    return None if array is None else array.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+
+
+class CAnchor(Contender):
+    """The hand-fused anchor in C (``c_anchor.c``; not part of the library): the yardstick of the report.
+
+    Blocks of 512 neurons keep their state in L1 for all T steps, shared among the OpenMP threads
+    (as many as the runtime's default, i.e. torch's thread count where torch's OpenMP runtime is loaded).
+    ``fwd``: one pass writing the spikes. ``fwdbwd``: the forward also keeps ``v*`` (the pre-reset
+    membrane), then one reverse pass reads one row of ``v*`` per step and writes ``dL/dI``; the spikes'
+    cotangent is the constant 1 of ``loss = spikes.sum()`` (``w[t]`` for ``--loss weighted``). Buffers
+    (spikes, ``v*``, gradient) are allocated once in setup, at page offsets apart from the input's and each
+    other's, and reused: no page faults per call, the best case of a hand-written loop.
     """
 
-    name, label = "c_fused", "hand-fused loop (C)"
-    note = ("C, cc -O3 -march=native -ffp-contract=off, single thread, blocks of 256 neurons; the 1.5x anchor. "
-            "Its 4 [T,B,N] buffers are allocated once in setup and reused, so its 'extra memory' reads ~0")
+    name, label = "c_anchor", "hand-fused loop (C, threads)"
     devices = ("cpu",)
 
     def __init__(self, loss="sum"):
         super().__init__(loss)
-        self.lib = _c_library()
+        self.lib, flags = c_library()
+        self.note = (f"C ({flags}), {self.lib.izh_threads()} thread(s), blocks of 512 neurons; forward keeps v* and "
+                     "spikes, reverse recomputes the pre-step v. Its 3 [T,B,N] buffers are allocated once in setup "
+                     "and reused, so its 'extra memory' reads ~0")
 
     def setup(self, current):
-        import ctypes
         T = current.shape[0]
-        self.In = np.ascontiguousarray(current.numpy().reshape(T, -1))
-        self.spk, self.vs, self.us, self.gI = (np.empty_like(self.In) for _ in range(4))
-        self.wn = (np.ones_like(self.In) if self.loss == "sum" else
-                   torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy().reshape(T, -1))
-        F, L = ctypes.c_float, ctypes.c_long
-        ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
-        T, M = self.In.shape
-        self._fwd_args = (ptr(self.In), ptr(self.spk), ptr(self.vs), ptr(self.us), L(T), L(M),
-                          *map(F, (A, B_, C, D, V_R, V_PK, DT)))
-        self._bwd_args = (ptr(self.In), ptr(self.vs), ptr(self.us), ptr(self.wn), ptr(self.gI), L(T), L(M),
-                          *map(F, (A, B_, V_R, V_PK, DT, SLOPE)))
+        self.In = np.ascontiguousarray(current.cpu().numpy().reshape(T, -1))
+        self.spk, self.vs, self.gI = (_staggered(self.In.shape, self.In.ctypes.data, k) for k in (1, 2, 3))
+        self.wn = None if self.loss == "sum" else loss_weights(current.shape).numpy().reshape(T, -1)
+        model = Model(A, B_, C, D, V_R, V_PK, DT, SLOPE)
+        shape = (ctypes.c_long(T), ctypes.c_long(self.In.shape[1]), model)
+        self._forward_only = (_pointer(self.In), _pointer(self.spk), None, *shape)
+        self._forward = (_pointer(self.In), _pointer(self.spk), _pointer(self.vs), *shape)
+        self._reverse = (_pointer(self.vs), _pointer(self.wn), _pointer(self.gI), *shape)
 
     def fwd(self):
-        self.lib.izh_fwd(*self._fwd_args)
+        self.lib.izh_forward(*self._forward_only)
         return self.spk
 
     def fwdbwd(self):
-        self.lib.izh_fwd(*self._fwd_args)
-        self.lib.izh_bwd(*self._bwd_args)
+        self.lib.izh_forward(*self._forward)
+        self.lib.izh_reverse(*self._reverse)
         return self.gI
 
     def counts(self):

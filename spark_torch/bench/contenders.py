@@ -1,5 +1,6 @@
-"""Contenders for :mod:`spark_torch.bench` (not part of the library's API); the hand-fused anchors are in
-:mod:`spark_torch.bench.anchors`.
+"""Contenders for :mod:`spark_torch.bench` (not part of the library's API) and their registry (:data:`ALL`,
+:data:`BY_NAME`); the hand-fused anchors are in :mod:`spark_torch.bench.anchors`, the workload's constants
+and the :class:`Contender` base in :mod:`spark_torch.bench.base` (both imported here, neither imports this).
 
 Every contender runs the RS workload of the benchmark on one input ``I`` ``[T, B, N]`` float32 given
 in *drive* units (``R·I`` in mV/ms, i.e. ``resistance = 1``). Each exposes ``setup(I)``, ``fwd()``
@@ -18,46 +19,9 @@ import math
 import numpy as np
 import torch
 
-# RS neuron of Izhikevich (2003): the benchmark's workload.
-A, B_, C, D, V_R, V_PK, DT, SLOPE = 0.02, 0.2, -65.0, 8.0, -65.0, 30.0, 1.0, 25.0
-
-
-class Unavailable(Exception):
-    """The peer's package is not importable here; the contender is skipped with this reason."""
-
-
-class Contender:
-    name = ""
-    label = ""
-    same_model = "yes"  # "yes" | "forward only" | "variant: ..." | "no: ..."
-    note = ""
-    devices = ("cpu", "cuda")  # torch device types it runs on (the input tensor's device)
-
-    def __init__(self, loss="sum"):
-        self.loss = loss
-
-    def setup(self, current: torch.Tensor) -> None:
-        self.I = current
-        self.x = current.detach().clone().requires_grad_(True)
-        self.w = None if self.loss == "sum" else torch.rand(
-            current.shape, generator=torch.Generator().manual_seed(1)).to(current.device)
-
-    def run(self, inp: torch.Tensor) -> torch.Tensor:  # spikes [T, B, N]
-        raise NotImplementedError
-
-    def fwd(self):
-        with torch.no_grad():
-            return self.run(self.I)
-
-    def fwdbwd(self):
-        self.x.grad = None
-        spk = self.run(self.x)
-        (spk.sum() if self.w is None else (spk * self.w).sum()).backward()
-
-    def counts(self) -> np.ndarray:
-        with torch.no_grad():
-            spk = self.run(self.I)
-        return spk.sum(0).reshape(-1).to(torch.int64).cpu().numpy()
+from .anchors import CAnchor, NumbaFused
+# The constants and the base are also reached as contenders.X (run.py, the tests): re-exported here.
+from .base import A, B_, C, D, DT, SLOPE, V_PK, V_R, Contender, Unavailable, loss_weights  # noqa: F401
 
 
 def _fast_sigmoid():
@@ -136,8 +100,7 @@ class JaxDirect(Contender):
         self.params = kernel.IzhikevichParams(full(V_R), full(C), full(1.0), full(V_PK), full(A), full(B_), full(D))
         self.state = kernel.IzhikevichState(put(jnp.full((Bn, N), V_R, f32)), put(jnp.full((Bn, N), B_ * V_R, f32)))
         self.Ij = put(current.cpu().numpy())
-        self.wj = None if self.loss == "sum" else put(
-            torch.rand(current.shape, generator=torch.Generator().manual_seed(1)).numpy())
+        self.wj = None if self.loss == "sum" else put(loss_weights(current.shape).numpy())
         self.dsg = jax.jit(lambda x, w: (1.0 if w is None else w) / (SLOPE * jnp.abs(x) + 1.0) ** 2)
         self.n_steps = np.int32(T)
         self.g_spikes = jnp.asarray(1.0, f32) if self.wj is None else self.wj
@@ -371,9 +334,7 @@ class SpikingJellyIzhikevich(Contender):
         return self.node(inp)
 
 
-from .anchors import CFused, NumbaFused  # noqa: E402  (subclasses of Contender, defined above)
-
 ALL = [SparkSequence, SparkSequenceXla, SparkSequenceCheckpointed, SparkStep, SparkStepXla, JaxDirect, JaxDirectXla,
        TorchEager, TorchCompileLoop, TorchCompileStep, NorseIzhikevich, SpikingJellyIzhikevich, SnnLeaky, NumbaFused,
-       CFused]
+       CAnchor]
 BY_NAME = {c.name: c for c in ALL}

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .alloc import ratio_lines
+
 
 def _median_time(fn, n=5):
     ts = []
@@ -68,7 +70,16 @@ def _size(rec):
 
 
 def format_report(res: dict) -> str:
-    """The plain-text report of one benchmark run (what ``bench.txt`` holds): one section per table."""
+    """The plain-text report of one benchmark run (what ``bench.txt`` holds): one section per table; with
+    ``--alloc-modes``, each mode's report, then spark_seq over the anchor per size and mode, then memory."""
+    if "alloc_modes" in res:
+        lines = _header_lines(res)
+        for mode, sub in res["alloc_modes"].items():
+            lines += [f"\n######## allocation mode {mode} ########"]
+            lines += [format_report(sub)] if "sizes" in sub else [f"failed: {sub.get('error')}"]
+        lines += ratio_lines(res)
+        lines += _memory_lines(res)
+        return "\n".join(lines)
     names = [n for n, c in res["contenders"].items() if c["status"] == "ok"]
     lines = _header_lines(res)
     for mode in res["workload"]["modes"]:
@@ -89,7 +100,7 @@ def _header_lines(res: dict) -> list[str]:
     return [f"spark_torch benchmark  device {m.get('device', 'cpu')} ({m.get('device_name', '-')})  "
             f"torch {m['torch']}  jax {m.get('jax', '-')}  cpus {m['cpu_count']}  "
             f"torch threads {m['torch_num_threads']}  kernel {m.get('kernel_backend', '-')}  rounds {m['rounds']} "
-            f"warmup {m['warmup']}  {m['time']}  "
+            f"warmup {m['warmup']}  alloc {m.get('alloc_mode', '-')}  {m['time']}  "
             f"load avg {m['loadavg_start'][0]:.1f} -> {m.get('loadavg_end', [float('nan')])[0]:.1f}",
             f"workload: {w['neuron']}; {w['dtype']}; {w['input']}; {w['surrogate']}; loss {w['loss']}"]
 
@@ -193,6 +204,8 @@ def plot(results, path=None, mode="fwdbwd"):
     import matplotlib.pyplot as plt
     if isinstance(results, (str, Path)):
         results = json.loads(Path(results).read_text())
+    if "alloc_modes" in results:  # --alloc-modes: the first mode that ran
+        results = next(r for r in results["alloc_modes"].values() if "sizes" in r)
     sizes = results["sizes"]
     names = [n for n, c in results["contenders"].items() if c["status"] == "ok"]
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * len(sizes)), 4.5))

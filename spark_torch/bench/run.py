@@ -19,24 +19,16 @@ and mode). Spike counts per neuron are checked against the PyTorch eager referen
 float32 may differ by rounding (±2 spikes per 1000 ms), so a neuron "disagrees" when it is off by
 more than ``max(2, 2·T/1000)`` spikes, and a contender is flagged when more than 1 % of neurons do.
 
-Peak extra memory of one forward+backward is measured per contender in a fresh subprocess
-(``python -m spark_torch.bench --memprobe NAME --size TxBxN``): glibc is told to serve allocations
->= 128 KiB by mmap (``MALLOC_MMAP_THRESHOLD_``, which also disables its dynamic threshold) so that
-freed buffers leave the resident set; after two warm-up calls (compilation) and ``gc.collect()`` the
-resident set is read (VmRSS), the peak is reset (``/proc/self/clear_refs`` ← 5), one fwd+bwd runs,
-and ``VmHWM − VmRSS_before`` is reported, also as a multiple of the input tensor's bytes. It includes
-the gradient w.r.t. the input (1×). Allocator caches that keep pages mapped would hide memory; the
-method is Linux-only (else reported as unavailable).
+Peak extra memory of one forward+backward: :mod:`~spark_torch.bench.memory` (a fresh process per
+contender). Allocation modes (``--alloc-mode``, ``--alloc-modes``): :mod:`~spark_torch.bench.alloc`.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -44,20 +36,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import alloc
 from . import contenders as peers
-from ..tuning import keep_freed_memory_by_default, kept_freed_memory_threshold
+from .base import LEVEL, NOISE, make_input
+from .memory import memory_section, memprobe_main
+from ..tuning import kept_freed_memory_threshold
 
-LEVEL, NOISE = 11.385, 2.0  # calibrate(): 34.0 Hz over T=100 (B=16, N=128, seed 0)
 SIZES = [(100, 32, 256), (100, 128, 1024), (500, 16, 128), (50, 256, 4096)]
 QUICK_SIZES = [(20, 4, 32)]
 MODES = ("fwd", "fwdbwd")
 REFERENCE = "torch_eager"
-QUICK_SKIP = ("torch_compile_loop", "torch_compile_step")  # compile takes tens of seconds
-
-
-def make_input(T, B, N, level=LEVEL, noise=NOISE, seed=0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return level + noise * torch.randn((T, B, N), generator=g, dtype=torch.float32)
+QUICK_SKIP = ("torch_compile_loop", "torch_compile_step")  # their compile step does not fit a smoke test
+HAND_FUSED = (alloc.ANCHOR, "numba_fused")  # the anchors: not peers
 
 
 def calibrate(target_hz=34.0, T=100, B=16, N=128, noise=NOISE) -> tuple[float, float]:
@@ -175,17 +165,17 @@ def _derived(rec, size) -> dict:
         med = {n: s["median_ms"] for n, s in tm.items()}
         if "spark_seq" in med and "jax_direct" in med:
             d[f"bridge_overhead_{mode}"] = med["spark_seq"] / med["jax_direct"]
-        anchors = [med[n] for n in ("c_fused", "numba_fused") if n in med]
-        if "spark_seq" in med and anchors:  # the faster hand-fused loop is the anchor
+        anchors = [med[n] for n in HAND_FUSED if n in med]
+        if "spark_seq" in med and anchors:  # the faster hand-fused loop
             d[f"vs_hand_fused_{mode}"] = med["spark_seq"] / min(anchors)
-        if "spark_seq" in med and "c_fused" in med:
-            d[f"vs_c_anchor_{mode}"] = med["spark_seq"] / med["c_fused"]
+        if "spark_seq" in med and alloc.ANCHOR in med:
+            d[f"vs_c_anchor_{mode}"] = med["spark_seq"] / med[alloc.ANCHOR]
         if "spark_seq" in med and "spark_seq_xla" in med:
             d[f"xla_vs_native_{mode}"] = med["spark_seq_xla"] / med["spark_seq"]
         if "spark_seq" in med and REFERENCE in med:
             d[f"speedup_vs_eager_{mode}"] = med[REFERENCE] / med["spark_seq"]
         peer = {n: v for n, v in med.items()  # other libraries only: not this one's variants, not the anchors
-                if not n.startswith(("spark_", "jax_direct")) and n not in ("numba_fused", "c_fused")}
+                if not n.startswith(("spark_", "jax_direct")) and n not in HAND_FUSED}
         if "spark_seq" in med and peer:
             best = min(peer, key=peer.get)
             d[f"fastest_peer_{mode}"] = best
@@ -213,61 +203,13 @@ def _thread_check(active, args) -> dict:
     return {key: _stats(ts[1:] if len(ts) > 2 else ts) for key, ts in times.items()}
 
 
-def _memprobe_main(name, size, loss) -> dict:
-    """Run inside a fresh process: peak extra resident memory of one fwd+bwd (see module docs)."""
-    T, B, N = size
-    cur = make_input(T, B, N)
-    c = peers.BY_NAME[name](loss=loss)
-    c.setup(cur)
-    first = _timed(c.fwdbwd)
-    c.fwdbwd()
-    if isinstance(getattr(c, "x", None), torch.Tensor):
-        c.x.grad = None  # the call's input gradient counts in its peak, not in the baseline
-    gc.collect()
-    time.sleep(0.5)  # JAX may release a finished call's buffers from its own threads, a little later
-    gc.collect()
-
-    def status(key):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1]) * 1024
-        raise KeyError(key)
-    base = status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")
-    c.fwdbwd()
-    peak = status("VmHWM")
-    in_bytes = cur.numel() * cur.element_size()
-    return {"contender": name, "size": list(size), "extra_bytes": peak - base, "input_bytes": in_bytes,
-            "extra_x_input": (peak - base) / in_bytes, "first_call_fresh_process_s": first,
-            "method": "VmHWM - VmRSS after warm-up, MALLOC_MMAP_THRESHOLD_=131072, fresh process"}
-
-
-def _memory(names, size, args, report) -> list:
-    out = []
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=os.pathsep.join(
-        [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
-    for name in names:
-        cmd = [sys.executable, "-m", "spark_torch.bench", "--memprobe", name, "--size", "x".join(map(str, size)),
-               "--loss", args.loss]
-        try:
-            p = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.memprobe_timeout)
-            res = json.loads(p.stdout.strip().splitlines()[-1]) if p.returncode == 0 else {
-                "contender": name, "size": list(size), "error": p.stderr.strip().splitlines()[-1:] or ["failed"]}
-        except (subprocess.TimeoutExpired, ValueError, IndexError) as e:
-            res = {"contender": name, "size": list(size), "error": [f"{type(e).__name__}: {e}"]}
-        report(f"  memory {name} {size}: " + (f"{res['extra_x_input']:.2f}x input" if "extra_x_input" in res
-                                               else f"error {res['error']}"))
-        out.append(res)
-    return out
-
-
 def run(args, report=print) -> dict:
     """Time every selected contender at every size (and measure memory): the results dict behind
     ``bench.json`` and :func:`~spark_torch.bench.report.format_report`. ``report`` prints progress."""
     t_start = time.perf_counter()
     report(f"freed memory kept mapped below {kept_freed_memory_threshold()} bytes (spark_torch.tuning; "
            "None: glibc's default)")
-    sizes = QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
+    sizes = _sizes(args)
     results = {"meta": _meta(args), "workload": _workload(args), "contenders": {}, "sizes": [], "memory": []}
     report(f"spark_torch kernel backend: {results['meta']['kernel_backend']}")
     contenders = _set_up_contenders(args, results["contenders"], report)
@@ -277,16 +219,33 @@ def run(args, report=print) -> dict:
         for name, c in contenders.items():  # notes may be refined during setup (e.g. jax_direct path)
             results["contenders"][name]["note"] = c.note or results["contenders"][name]["note"]
         _save_partial(results, args)
-    if args.memory and args.device != "cpu":
-        report(f"memory not measured: the probe reads the process's resident set (CPU memory), not {args.device}")
-    elif args.memory:
-        mem_sizes = args.memory_sizes or ([sizes[0]] if args.quick else [(100, 128, 1024)])
-        names = [n for n in contenders if n in args.memory_contenders]
-        for size in mem_sizes:
-            results["memory"] += _memory(names, size, args, report)
+    names = [n for n in contenders if n in args.memory_contenders]
+    results["memory"] = memory_section(names, sizes, args, report)
     results["meta"]["loadavg_end"] = list(os.getloadavg())
     results["meta"]["wall_s"] = time.perf_counter() - t_start
     return results
+
+
+def run_alloc_modes(args, report=print) -> dict:
+    """``--alloc-modes``: the timing of :func:`run` once per allocation mode, each in its own subprocess
+    (:mod:`~spark_torch.bench.alloc`), then the memory probes; the modes' results under ``"alloc_modes"``,
+    spark_seq over the anchor per size and mode under ``"alloc_ratios"``."""
+    t_start = time.perf_counter()
+    results = {"meta": _meta(args), "workload": _workload(args), "contenders": {}, "sizes": [], "memory": []}
+    results["meta"]["alloc_mode"] = ",".join(args.alloc_modes) + " (a subprocess each)"
+    by_mode = alloc.run_modes(args, report)
+    ran = [r for r in by_mode.values() if "contenders" in r]
+    results["contenders"] = ran[0]["contenders"] if ran else {}
+    results.update(alloc_modes=by_mode, alloc_ratios=alloc.ratios(by_mode))
+    names = [n for n, c in results["contenders"].items() if c["status"] == "ok" and n in args.memory_contenders]
+    results["memory"] = memory_section(names, _sizes(args), args, report)
+    results["meta"]["loadavg_end"] = list(os.getloadavg())
+    results["meta"]["wall_s"] = time.perf_counter() - t_start
+    return results
+
+
+def _sizes(args):
+    return QUICK_SIZES if args.quick and not args.sizes else (args.sizes or SIZES)
 
 
 def _meta(args) -> dict:
@@ -296,6 +255,7 @@ def _meta(args) -> dict:
             "processor": platform.processor(), "cpu_count": os.cpu_count(),
             "torch_num_threads": torch.get_num_threads(), "argv": args.argv, "quick": args.quick,
             "kept_freed_memory_threshold": kept_freed_memory_threshold(),
+            "alloc_mode": "steady" if kept_freed_memory_threshold() is not None else "default",
             "rounds": args.rounds, "warmup": args.warmup, "time": time.strftime("%Y-%m-%d %H:%M:%S"),
             "loadavg_start": list(os.getloadavg())}
     try:
@@ -380,6 +340,13 @@ def parse_args(argv):
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the spark_seq time breakdown")
     p.add_argument("--out", default=None, help="directory for bench.json, bench.txt (and bench.png with --plot)")
     p.add_argument("--plot", action="store_true")
+    p.add_argument("--alloc-mode", choices=alloc.ALLOC_MODES, default=None,
+                   help="this process's allocator: steady (freed memory kept mapped) or default (glibc's); "
+                        "unset: steady unless SPARK_TORCH_KEEP_FREED_MEMORY=0 (spark_torch.bench.alloc)")
+    p.add_argument("--alloc-modes", default=None,
+                   help="e.g. steady,default: time once per mode, each in its own subprocess, and report "
+                        f"spark_seq / {alloc.ANCHOR} per size and mode")
+    p.add_argument("--child-out", default=None, help=argparse.SUPPRESS)  # a mode's subprocess: its results JSON
     p.add_argument("--memprobe", default=None, help=argparse.SUPPRESS)
     p.add_argument("--size", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -399,6 +366,9 @@ def parse_args(argv):
         p.error(f"unknown contenders {unknown}; choose from {list(peers.BY_NAME)}")
     mc = a.memory_contenders or ("spark_seq,torch_eager" if a.quick else ",".join(a.contenders))
     a.memory_contenders = [n.strip() for n in mc.split(",")]
+    a.alloc_modes = [m.strip() for m in a.alloc_modes.split(",") if m.strip()] if a.alloc_modes else None
+    if a.alloc_modes and any(m not in alloc.ALLOC_MODES for m in a.alloc_modes):
+        p.error(f"--alloc-modes must be a subset of {alloc.ALLOC_MODES}")
     if a.quick:
         a.threads = a.threads and False
     return a
@@ -408,13 +378,22 @@ def main(argv=None) -> dict:
     """CLI entry (also ``spark_torch.cli bench``): runs, prints the tables, writes ``--out``; returns the results."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = parse_args(argv)
-    keep_freed_memory_by_default()  # measured with the allocator setting (spark_torch.tuning); env opts out
+    mode = alloc.apply(args.alloc_mode)  # the allocator setting of this process (spark_torch.bench.alloc)
+    if args.alloc_mode and mode != args.alloc_mode:  # e.g. `spark-torch bench`: its process set it already
+        print(f"note: --alloc-mode {args.alloc_mode} asked, but this process runs in mode {mode} (set before the "
+              "benchmark started); --alloc-modes runs each mode in a fresh process", file=sys.stderr)
     if args.memprobe:
-        res = _memprobe_main(args.memprobe, tuple(int(v) for v in args.size.split("x")), args.loss)
+        res = memprobe_main(args.memprobe, tuple(int(v) for v in args.size.split("x")), args.loss)
         print(json.dumps(res))
         return res
     from .report import format_report, plot
-    results = run(args, report=lambda s: print(s, flush=True))
+    report = lambda s: print(s, flush=True)  # noqa: E731
+    if args.child_out:  # one allocation mode's subprocess: results to the parent (which reports them), no files
+        args.out = None
+        results = run(args, report=report)
+        Path(args.child_out).write_text(json.dumps(results))
+        return results
+    results = run_alloc_modes(args, report) if args.alloc_modes else run(args, report=report)
     text = format_report(results)
     print(text)
     if args.out:

@@ -35,20 +35,20 @@ _DTYPE_CODES = {torch.float32: interface.dtype_code("float32"), torch.float64: i
 
 
 def _buffer(tensor: Optional[torch.Tensor], name: str, dtype: torch.dtype, count: Optional[int] = None,
-            period_of: Optional[int] = None) -> interface.View:
-    """The :class:`~spark_torch.kernel.native.interface.View` of ``tensor`` for C (``None``: absent), after
-    checking that C may read or write it: ``dtype``, on the CPU, contiguous, and ``count`` elements exactly
-    (or, with ``period_of=m``, a count that divides ``m``)."""
+            period_of: Optional[int] = None) -> tuple[int, int]:
+    """``(address, element count)`` of ``tensor`` for C (``(0, 0)`` for ``None``: absent), after checking that
+    C may read or write it: ``dtype``, on the CPU, contiguous, and ``count`` elements exactly (or, with
+    ``period_of=m``, a count that divides ``m``). The layout of an ``izh::View``."""
     if tensor is None:
-        return interface.View(None, 0)
-    if tensor.dtype != dtype or tensor.device.type != "cpu" or not tensor.is_contiguous():
+        return 0, 0
+    n = tensor.numel()
+    if tensor.dtype != dtype or not tensor.is_cpu or not tensor.is_contiguous():
         raise TypeError(f"`{name}` ({tensor.dtype}, {tensor.device}, contiguous={tensor.is_contiguous()}) cannot "
                         f"be handed to the native kernel: it needs a contiguous {dtype} CPU tensor")
-    n = tensor.numel()
     if (count is not None and n != count) or (period_of is not None and (n == 0 or period_of % n)):
         rule = f"{count} elements" if count is not None else f"a number of elements that divides {period_of}"
         raise ValueError(f"`{name}` has {n} elements; the native kernel needs {rule}")
-    return interface.View(tensor.data_ptr(), n)
+    return tensor.data_ptr(), n
 
 
 def _periodic(tensor: torch.Tensor, state_shape: torch.Size) -> torch.Tensor:
@@ -66,7 +66,7 @@ def _periodic(tensor: torch.Tensor, state_shape: torch.Size) -> torch.Tensor:
 def _still_valid(model: Optional[list]) -> bool:
     """Whether the forward's model views still point to their tensors' memory (``tensor.data = ...`` between
     forward and backward would leave a dangling address)."""
-    return model is not None and all(t.data_ptr() == view.data and t.numel() == view.count for t, view in model)
+    return model is not None and all(t.data_ptr() == view[0] and t.numel() == view[1] for t, view in model)
 
 
 def _model_views(v0, u0, params, state_shape: torch.Size, m: int) -> list:
@@ -88,8 +88,8 @@ def _step_count(n_steps: int) -> torch.Tensor:
 
 def _call(function, attributes: interface.Attributes, operands: list, results: list, what: str) -> None:
     """Run a C entry point on ``(tensor, View)`` pairs; the tensors stay referenced until it returns."""
-    in_views = (interface.View * len(operands))(*(view for _, view in operands))
-    out_views = (interface.View * len(results))(*(view for _, view in results))
+    in_views = (ctypes.c_int64 * (2 * len(operands)))(*(x for _, view in operands for x in view))
+    out_views = (ctypes.c_int64 * (2 * len(results)))(*(x for _, view in results for x in view))
     error = getattr(_errors, "buffer", None)
     if error is None:
         error = _errors.buffer = ctypes.create_string_buffer(_ERROR_SIZE)

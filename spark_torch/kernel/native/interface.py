@@ -103,8 +103,10 @@ class View(ctypes.Structure):
     _fields_ = [("data", ctypes.c_void_p), ("count", ctypes.c_int64)]
 
 
-_DIRECT_ARGTYPES = (ctypes.POINTER(Attributes), ctypes.POINTER(View), ctypes.c_int64, ctypes.POINTER(View),
-                    ctypes.c_int64, ctypes.c_char_p, ctypes.c_int64)
+#: (attributes, operands, n_operands, results, n_results, error, error_size); operands and results are arrays
+#: of :class:`View` (an ``int64`` array of address/count pairs has the same layout)
+_DIRECT_ARGTYPES = (ctypes.POINTER(Attributes), ctypes.c_void_p, ctypes.c_int64, ctypes.c_void_p, ctypes.c_int64,
+                    ctypes.c_char_p, ctypes.c_int64)
 
 
 class EntryPoints(NamedTuple):

@@ -242,27 +242,27 @@ class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
-        inputs.check_params_match(cur, {name: getattr(self, name) for name in MODEL_FIELDS})
+        fields = [getattr(self, name) for name in MODEL_FIELDS]
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
             v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
         else:
             v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype,
                                           self.potential_rest, self.threshold, self.recovery_sensitivity)
         fused = self._fused_surrogate() or ("", 0.0)
-        spikes, x, mem_out = self._run_kernel(cur, v0, u0, *fused)
+        spikes, x, mem_out = self._run_kernel(cur, v0, u0, fields, *fused)
         spk = emit_spikes(spikes, x, None if fused[0] else self.spike_grad, self.graded_spikes_factor)
         if self.init_hidden and not self.output:
             return spk
         return spk, mem_out
 
-    def _run_kernel(self, cur, v0, u0, surrogate: str, surrogate_param: float):
+    def _run_kernel(self, cur, v0, u0, fields: list, surrogate: str, surrogate_param: float):
         """One kernel call (:func:`spark_torch.execution.run`) from ``(v0, u0)``; keeps the state it ends in.
         Returns ``spikes, x, mem`` at ``cur``'s shape (``x`` ``None`` with a fused surrogate)."""
         compiling = torch.compiler.is_compiling()
         # under torch.compile dt crosses as a 0-d tensor: a float would be guarded by value
         call = KernelCall(self._dt if compiling else self.config.dt, self.config.scheme, surrogate, surrogate_param,
                           self.checkpoint_recovery, step=not self.sequence)
-        out = execution.run(call, cur, v0, u0, [getattr(self, n) for n in MODEL_FIELDS], self._param_views)
+        out = execution.run(call, cur, v0, u0, fields, self._param_views)
         if not self.sequence:
             v, u, mem = out.v, out.u, out.mem
             if compiling or cur.device.type != "cpu":  # own tensors, not views of the op's outputs; on CUDA,

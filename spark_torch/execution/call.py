@@ -73,24 +73,27 @@ class Cotangents(NamedTuple):
 
 def check_operands(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params) -> None:
     """Raise ``TypeError``/``ValueError`` naming the operand unless every tensor has ``current``'s floating
-    dtype and device and broadcasts to the state shape (see the module docstring)."""
-    if current.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"`current` has dtype {current.dtype}; the kernel computes in float32 or float64")
+    dtype and device and broadcasts to the state shape (see the module docstring). The fields are checked
+    before the state, which the layer derives from them."""
+    dtype, device = current.dtype, current.device
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"`cur` has dtype {dtype}; the kernel computes in float32 or float64")
     if len(params) != len(PARAMETERS):
         raise ValueError(f"expected the {len(PARAMETERS)} fields {PARAMETERS}, got {len(params)} tensors")
     state = call.state_shape(current)
-    for name, tensor in (("v0", v0), ("u0", u0), *zip(PARAMETERS, params)):
+    for name, tensor in (*zip(PARAMETERS, params), ("v0", v0), ("u0", u0)):
         if not isinstance(tensor, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype != current.dtype:
-            raise TypeError(f"`{name}` has dtype {tensor.dtype}, but the input is {current.dtype}: every field and "
-                            "the state must have the input's dtype (convert the layer with .to(dtype))")
-        if tensor.device != current.device:
-            raise ValueError(f"`{name}` is on {tensor.device}, but the input is on {current.device}: every field "
-                             "and the state must be on the input's device")
-        if len(tensor.shape) > len(state) or any(
-                d != 1 and d != s for d, s in zip(reversed(tensor.shape), reversed(state))):
-            raise ValueError(f"`{name}` has shape {tuple(tensor.shape)}, which does not broadcast to the state "
+        if tensor.dtype != dtype:
+            raise TypeError(f"`{name}` has dtype {tensor.dtype}, but `cur` has dtype {dtype}: every field of the "
+                            f"layer and its state must have the input's dtype; convert the layer (e.g. "
+                            f"layer.to({dtype})) or the input")
+        if tensor.device != device:
+            raise ValueError(f"`{name}` is on {tensor.device}, but `cur` is on {device}: move the layer or the input")
+        shape = tensor.shape
+        if shape != state[len(state) - len(shape):] and (len(shape) > len(state) or any(
+                d != 1 and d != s for d, s in zip(reversed(shape), reversed(state)))):
+            raise ValueError(f"`{name}` has shape {tuple(shape)}, which does not broadcast to the state "
                              f"shape {tuple(state)}")
 
 

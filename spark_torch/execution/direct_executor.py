@@ -88,8 +88,12 @@ def _step_count(n_steps: int) -> torch.Tensor:
 
 def _call(function, attributes: interface.Attributes, operands: list, results: list, what: str) -> None:
     """Run a C entry point on ``(tensor, View)`` pairs; the tensors stay referenced until it returns."""
-    in_views = (ctypes.c_int64 * (2 * len(operands)))(*(x for _, view in operands for x in view))
-    out_views = (ctypes.c_int64 * (2 * len(results)))(*(x for _, view in results for x in view))
+    in_flat, out_flat = [], []
+    for _, view in operands:
+        in_flat += view
+    for _, view in results:
+        out_flat += view
+    in_views, out_views = (ctypes.c_int64 * len(in_flat))(*in_flat), (ctypes.c_int64 * len(out_flat))(*out_flat)
     error = getattr(_errors, "buffer", None)
     if error is None:
         error = _errors.buffer = ctypes.create_string_buffer(_ERROR_SIZE)

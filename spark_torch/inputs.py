@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from . import checkpoint
+from . import persistence
 from .config import IzhikevichSomaConfig
 from .execution.call import FLOAT_DTYPES as SUPPORTED_DTYPES
 from .execution.shape_executor import has_no_data
@@ -60,13 +60,13 @@ def units_from_specs(input_specs) -> tuple[int, ...]:
         if not input_specs:
             raise ValueError("`input_specs` is an empty mapping")
         spec = next(iter(input_specs.values()))
-        shape = checkpoint.parse_units(getattr(spec, "shape", spec), "input_specs")
+        shape = persistence.parse_units(getattr(spec, "shape", spec), "input_specs")
         return units_from_specs(torch.empty(0).new_empty(shape))
     if isinstance(input_specs, torch.Tensor):
         if input_specs.dim() < 2:
             raise ValueError(f"an example input must be [B, *units]; got shape {tuple(input_specs.shape)}")
         return tuple(input_specs.shape[1:])
-    return checkpoint.parse_units(input_specs)
+    return persistence.parse_units(input_specs)
 
 
 def field_tensors(config: IzhikevichSomaConfig, units: tuple[int, ...], dtype: torch.dtype, device) -> dict:
@@ -110,7 +110,7 @@ def resolve_config(config, overrides: dict) -> IzhikevichSomaConfig:
 
 
 def resolve_learnable(learnable, learn_threshold: bool) -> tuple[str, ...]:
-    names = checkpoint.parse_learnable(learnable)
+    names = persistence.parse_learnable(learnable)
     return tuple(dict.fromkeys(names + (("threshold",) if learn_threshold else ())))
 
 

@@ -38,7 +38,7 @@ import snntorch as snn
 import torch
 from torch import nn
 
-from . import checkpoint, execution, inputs
+from . import execution, inputs, persistence
 from .config import IzhikevichSomaConfig
 from .execution import KernelCall
 from .state import HiddenState, RestStates
@@ -47,7 +47,7 @@ from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 STATE_PROPERTIES = ("mem", "potential", "recovery")
 
-class IzhikevichSoma(checkpoint.Checkpointing, snn.Leaky):
+class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
     r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
 
     Per neuron and step (``dt`` ms, input current ``I`` in pA, ``v`` in mV; the full model, with the

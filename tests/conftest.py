@@ -134,7 +134,7 @@ def pytest_sessionfinish(session):
 _SLOW_MODULES = ("test_notebooks.py", "test_processes.py", "test_native.py", "test_tuning.py", "test_bench.py",
                  "test_cli.py", "test_soak.py", "test_demo.py", "test_snntorch_compat.py", "test_custom_op.py",
                  "test_kernel.py", "test_properties.py")
-_FAST_MODULES = ("test_config.py", "test_initializers.py", "test_presets.py", "test_checkpoint.py",
+_FAST_MODULES = ("test_config.py", "test_initializers.py", "test_presets.py", "test_persistence.py",
                  "test_readme.py", "test_layout.py", "test_cuda.py")
 
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, Uniform, bridge, kernel
-from spark_torch.checkpoint import is_unbuilt_entry
+from spark_torch.persistence import is_unbuilt_entry
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref  # noqa: E402

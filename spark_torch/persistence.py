@@ -268,7 +268,7 @@ def from_state_dict(layer_class, state_dict: Mapping, kwargs: dict):
     return layer
 
 
-class Checkpointing:
+class StateDictPersistence:
     """``state_dict()`` / ``load_state_dict()`` / pickling of :class:`~spark_torch.soma.IzhikevichSoma`, by the
     layout and checks above. A mixin listed before ``torch.nn.Module`` in the layer's bases, so that
     ``super()`` here reaches the module's own implementations."""
@@ -304,6 +304,6 @@ class Checkpointing:
         """Check everything this layer would load, then build if needed, then load: a refused checkpoint
         raises before the layer changes."""
         def load_tensors(entries):
-            super(Checkpointing, self)._load_from_state_dict(entries, prefix, local_metadata, strict, missing_keys,
+            super(StateDictPersistence, self)._load_from_state_dict(entries, prefix, local_metadata, strict, missing_keys,
                                                               unexpected_keys, error_msgs)
         load(self, state_dict, prefix, strict, missing_keys, load_tensors)

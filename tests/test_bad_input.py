@@ -132,6 +132,28 @@ def _f64_step_layer():
     return step_layer(torch.float64)
 
 
+def _f64_layer_with_f32_field():
+    layer = _f64_step_layer()
+    layer.recovery_timescale = layer.recovery_timescale.float()  # e.g. assigned by hand after .double()
+    return layer
+
+
+def _good_f64_call(layer):
+    layer.recovery_timescale = layer.recovery_timescale.double()
+    return layer(torch.ones(B, N, dtype=torch.float64))
+
+
+def _f32_layer_with_f64_field():
+    layer = step_layer()
+    layer.threshold = layer.threshold.double()
+    return layer
+
+
+def _good_f32_call(layer):
+    layer.threshold = layer.threshold.float()
+    return good_step_call(layer)
+
+
 CALL_CASES = [
     # --- rank / neuron shape
     ("rank-1 step input", step_layer, lambda l: l(torch.ones(N)), good_step_call,
@@ -168,6 +190,12 @@ CALL_CASES = [
      good_step_call, TypeError, [r"`cur`", r"float64", r"float32"]),
     ("float32 input, float64 layer", _f64_step_layer, lambda l: l(torch.ones(B, N, dtype=torch.float32)),
      good_step_call, TypeError, [r"`cur`", r"float32", r"float64"]),
+    # --- every field in the input's dtype: one field of another dtype is refused by name, before any kernel
+    ("float32 field in a float64 layer", _f64_layer_with_f32_field,
+     lambda l: l(torch.ones(B, N, dtype=torch.float64)), _good_f64_call, TypeError,
+     [r"`recovery_timescale`", r"float32", r"`cur`", r"float64"]),
+    ("float64 field in a float32 layer", _f32_layer_with_f64_field, lambda l: l(torch.ones(B, N)),
+     _good_f32_call, TypeError, [r"`threshold`", r"float64", r"`cur`", r"float32"]),
     # --- non-finite
     ("NaN input", step_layer, lambda l: l(torch.full((B, N), float("nan"))), good_step_call,
      ValueError, [r"`cur`", r"nan", r"finite"]),

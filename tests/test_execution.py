@@ -209,10 +209,14 @@ def test_double_backward_is_refused_not_silently_wrong(kernel_backend, path, mon
     w = torch.tensor(0.7, requires_grad=True)
     x = torch.rand(4, 2, 3, requires_grad=True)
     spikes, mem = run(w * x)
+    if path == "compiled":  # torch.compile refuses create_graph itself (aot_autograd), with its own clear error
+        with pytest.raises(RuntimeError, match="no second derivative|double backward|create_graph=False"):
+            (g,) = torch.autograd.grad(mem.sum(), x, create_graph=True)
+            (g ** 2).sum().backward()
+        return
     (g,) = torch.autograd.grad(mem.sum(), x, create_graph=True)  # first order: fine
     assert torch.isfinite(g).all()
-    # torch.compile refuses double backward itself (aot_autograd), with its own clear error
-    with pytest.raises(RuntimeError, match="no second derivative|double backward|create_graph=False"):
+    with pytest.raises(RuntimeError, match="no second derivative"):
         (g ** 2).sum().backward()
     assert w.grad is None
 

@@ -1,10 +1,12 @@
-"""``spark-torch`` / ``python -m spark_torch``: demo, patterns and bench subcommands.
+"""``spark-torch`` / ``python -m spark_torch``: demo, patterns, bench and compare subcommands.
 
 * ``demo``: train the digits network with IzhikevichSoma, then with ``snn.Leaky``; print a table
   (test accuracy, spike rates, wall time); write ``training_curves.png`` and ``demo_results.json``.
 * ``patterns``: the seven Fig. 2 classes at 100 pA for 1000 ms; write ``patterns.png`` and
   ``patterns.json`` (spike counts and times).
 * ``bench``: delegates to ``spark_torch.bench.main(args)`` when that module exists.
+* ``compare``: Izhikevich against snnTorch's neurons on three tasks under one protocol
+  (:mod:`spark_torch.compare`); print a table; write ``compare_results.json`` and ``comparison.png``.
 
 Errors in flags or values print one line on stderr and exit with status 2.
 """
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = _Parser(prog="spark-torch", description="spark_torch: Izhikevich (2003) neurons for PyTorch/snnTorch.")
     parser.add_argument("--version", action="version", version=f"spark_torch {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="{demo,patterns,bench}", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="{demo,patterns,bench,compare}", required=True)
     d = TrainConfig()
 
     demo = sub.add_parser("demo", help="train IzhikevichSoma and snn.Leaky on scikit-learn digits",
@@ -93,7 +95,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="speed benchmark (spark_torch.bench), if installed",
                            description="Run spark_torch.bench.main(args) with the remaining arguments.")
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to spark_torch.bench")
+    _add_compare_parser(sub)
     return parser
+
+
+def _add_compare_parser(sub) -> None:
+    from .compare.neurons import NEURON_NAMES
+    from .compare.protocol import CompareConfig
+    from .compare.tasks import TASK_NAMES
+
+    full, quick = CompareConfig(), CompareConfig.quick()
+
+    cmp = sub.add_parser("compare", help="Izhikevich vs snnTorch neurons on digits, randman and memory tasks",
+                         description="Train input -> Linear -> neuron -> Linear -> neuron with each neuron on each "
+                         "task under one protocol (input gain chosen on a validation split, then several seeds); "
+                         "print a table and write compare_results.json and comparison.png to --out.")
+    cmp.add_argument("--tasks", nargs="+", choices=TASK_NAMES, default=list(TASK_NAMES), metavar="TASK",
+                     help=f"tasks to run, from {', '.join(TASK_NAMES)} (default: all)")
+    cmp.add_argument("--neurons", nargs="+", choices=NEURON_NAMES, default=list(NEURON_NAMES), metavar="NEURON",
+                     help=f"neurons to compare, from {', '.join(NEURON_NAMES)} (default: all)")
+    cmp.add_argument("--seeds", type=_positive_int, default=None,
+                     help=f"training seeds per task and neuron (default {full.seeds}; {quick.seeds} with --quick)")
+    cmp.add_argument("--epochs", type=_positive_int, default=None,
+                     help=f"training epochs per run (default {full.settings.epochs}; {quick.settings.epochs} "
+                     "with --quick)")
+    cmp.add_argument("--quick", action="store_true",
+                     help=f"a short run: {quick.seeds} seeds, {quick.settings.epochs} epochs, at most "
+                     f"{quick.settings.max_train} training samples per task")
+    cmp.add_argument("--threads", type=_positive_int, default=1,
+                     help="torch intra-op threads while training (default 1)")
+    cmp.add_argument("--out", type=Path, default=Path("spark_torch_compare"),
+                     help="output folder (default ./spark_torch_compare)")
+    cmp.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,7 +140,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # --help/--version (0) or a one-line argparse error (2)
         return int(exc.code or 0)
-    command = {"demo": _demo, "patterns": _patterns, "bench": lambda a: _run_bench(a.args)}[args.command]
+    command = {"demo": _demo, "patterns": _patterns, "bench": lambda a: _run_bench(a.args),
+               "compare": _compare}[args.command]
     try:
         return command(args)
     except ValueError as exc:
@@ -176,6 +210,25 @@ def _patterns(args) -> int:
     js.write_text(json.dumps(summary, indent=2) + "\n")
     print("  ".join(f"{t.name} {t.spike_count}" for t in traces) + f"  (spikes / {args.duration:g} ms)")
     print(f"wrote {png} and {js}")
+    return 0
+
+
+def _compare(args) -> int:
+    import dataclasses
+
+    from .compare import CompareConfig, format_matrix, format_table, run_comparison, write_results
+
+    config = CompareConfig.quick() if args.quick else CompareConfig()
+    settings = config.settings if args.epochs is None else dataclasses.replace(config.settings, epochs=args.epochs)
+    config = dataclasses.replace(config, tasks=tuple(args.tasks), neurons=tuple(args.neurons), settings=settings,
+                                 seeds=config.seeds if args.seeds is None else args.seeds,
+                                 num_threads=args.threads).validate()
+    print(f"compare: tasks {', '.join(config.tasks)} | neurons {', '.join(config.neurons)} | {config.seeds} "
+          f"seeds | {settings.epochs} epochs | torch threads {args.threads}")
+    results = run_comparison(config, progress=not args.no_progress)
+    print(format_table(results) + "\n\n" + format_matrix(results))
+    json_path, png_path = write_results(results, args.out)
+    print(f"wrote {json_path} and {png_path} ({results['wall_seconds']:.0f} s)")
     return 0
 
 

@@ -22,7 +22,7 @@ pytest.importorskip("ipykernel")
 
 REPO = Path(__file__).resolve().parent.parent
 NOTEBOOKS = REPO / "notebooks"
-NAMES = ("01_firing_patterns.ipynb", "02_training_digits.ipynb", "03_zero_copy_and_speed.ipynb")
+NAMES = ("01_firing_patterns.ipynb", "02_training_digits.ipynb", "03_zero_copy_and_speed.ipynb", "04_comparing_neurons.ipynb")
 CELL_TIMEOUT_S = 300
 
 #: spike counts over 1000 ms at R·I = 10, euler, dt = 1 (float64, the independent reference simulator)

@@ -18,6 +18,7 @@ here (the route sends such calls to JAX).
 
 from __future__ import annotations
 
+import array
 import ctypes
 import threading
 from typing import Optional
@@ -88,16 +89,16 @@ def _step_count(n_steps: int) -> torch.Tensor:
 
 def _call(function, attributes: interface.Attributes, operands: list, results: list, what: str) -> None:
     """Run a C entry point on ``(tensor, View)`` pairs; the tensors stay referenced until it returns."""
-    in_flat, out_flat = [], []
+    in_views, out_views = array.array("q"), array.array("q")  # izh::View {address, count} pairs
     for _, view in operands:
-        in_flat += view
+        in_views.extend(view)
     for _, view in results:
-        out_flat += view
-    in_views, out_views = (ctypes.c_int64 * len(in_flat))(*in_flat), (ctypes.c_int64 * len(out_flat))(*out_flat)
+        out_views.extend(view)
     error = getattr(_errors, "buffer", None)
     if error is None:
         error = _errors.buffer = ctypes.create_string_buffer(_ERROR_SIZE)
-    if function(ctypes.byref(attributes), in_views, len(operands), out_views, len(results), error, _ERROR_SIZE):
+    if function(ctypes.byref(attributes), in_views.buffer_info()[0], len(operands), out_views.buffer_info()[0],
+                len(results), error, _ERROR_SIZE):
         raise RuntimeError(f"the native kernel rejected the operands of a {what} call: {error.value.decode()}")
 
 

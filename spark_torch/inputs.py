@@ -134,6 +134,19 @@ def check_current(cur, name: str, sequence: bool, units: Optional[tuple[int, ...
         raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
 
 
+def check_params_match(cur: torch.Tensor, fields: Mapping[str, torch.Tensor]) -> None:
+    """The given per-neuron fields of the layer (``{name: tensor}``) have ``cur``'s dtype and device (the
+    layer checks one before it derives its state from them; :func:`spark_torch.execution.run` checks all)."""
+    for name, field in fields.items():
+        if field.dtype != cur.dtype:
+            raise TypeError(f"`{name}` has dtype {field.dtype}, but `cur` has dtype {cur.dtype}: every field of "
+                            f"the layer must have the input's dtype; convert the layer (e.g. layer.to({cur.dtype})) "
+                            "or the input")
+        if field.device != cur.device:
+            raise ValueError(f"`{name}` is on {field.device}, but `cur` is on {cur.device}: move the layer or the "
+                             "input")
+
+
 def check_call(layer, cur: torch.Tensor, mem: Optional[torch.Tensor]) -> tuple[int, ...]:
     """Validate a call of ``layer`` before anything (build, state) changes; returns the state's shape
     ``[B, *units]``."""

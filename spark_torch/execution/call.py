@@ -82,9 +82,9 @@ def check_operands(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0
         raise ValueError(f"expected the {len(PARAMETERS)} fields {PARAMETERS}, got {len(params)} tensors")
     state = call.state_shape(current)
     for name, tensor in (*zip(PARAMETERS, params), ("v0", v0), ("u0", u0)):
-        if not isinstance(tensor, torch.Tensor):
+        if type(tensor) not in (torch.Tensor, torch.nn.Parameter) and not isinstance(tensor, torch.Tensor):
             raise TypeError(f"`{name}` must be a torch.Tensor, got {type(tensor).__name__}")
-        if tensor.dtype != dtype:
+        if tensor.dtype is not dtype:
             raise TypeError(f"`{name}` has dtype {tensor.dtype}, but `cur` has dtype {dtype}: every field of the "
                             f"layer and its state must have the input's dtype; convert the layer (e.g. "
                             f"layer.to({dtype})) or the input")

@@ -70,9 +70,24 @@ def _still_valid(model: Optional[list]) -> bool:
     return model is not None and all(t.data_ptr() == view[0] and t.numel() == view[1] for t, view in model)
 
 
-def _model_views(v0, u0, params, state_shape: torch.Size, m: int) -> list:
-    operands = (_periodic(t, state_shape) for t in (v0, u0, *params))
-    return [(t, _buffer(t, name, v0.dtype, period_of=m)) for t, name in zip(operands, ("v0", "u0", *PARAMETERS))]
+def _model_views(v0, u0, params, state_shape: torch.Size, m: int, views: Optional[dict] = None) -> list:
+    """``(tensor, view)`` of the initial state and the seven fields as periodic operands. With ``views`` (the
+    layer's dict), a field's view is kept while the field is the same tensor, at the same address, in the
+    same state shape (an optimizer's in-place step changes its values, not its memory)."""
+    model = [(t, _buffer(t, name, v0.dtype, period_of=m)) for t, name in
+             ((_periodic(v0, state_shape), "v0"), (_periodic(u0, state_shape), "u0"))]
+    for field, name in zip(params, PARAMETERS):
+        kept = views.get(("direct", name)) if views is not None else None
+        if kept is not None and kept[0] is field and kept[1] == state_shape and kept[3] == (field.data_ptr(),
+                                                                                       field.numel()):
+            model.append(kept[2:])
+            continue
+        operand = _periodic(field, state_shape)
+        entry = (operand, _buffer(operand, name, v0.dtype, period_of=m))
+        model.append(entry)
+        if views is not None and operand is field:
+            views[("direct", name)] = (field, state_shape, *entry)
+    return model
 
 
 _errors = threading.local()
@@ -117,7 +132,7 @@ class DirectExecutor:
         spikes, mem = torch.empty_like(current), torch.empty_like(current)
         x = None if call.surrogate else torch.empty_like(current)
         v, u = (torch.empty_like(current) if trace_state else current.new_empty(state_shape) for _ in range(2))
-        steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m)
+        steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m, views)
         operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *model,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
         n_state = t_buf * m if trace_state else m

@@ -47,6 +47,12 @@ from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 STATE_PROPERTIES = ("mem", "potential", "recovery")
 
+def _model_fields(layer: nn.Module) -> list:
+    """The layer's seven model fields, in :data:`MODEL_FIELDS` order (Parameters or buffers)."""
+    parameters, buffers = layer._parameters, layer._buffers
+    return [parameters[n] if n in parameters else buffers[n] for n in MODEL_FIELDS]
+
+
 class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
     r"""Izhikevich (2003) spiking neurons, computed by a JAX kernel, usable wherever ``snn.Leaky`` is.
 
@@ -242,7 +248,7 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
                 raise RuntimeError("IzhikevichSoma must be built before torch.compile traces it: pass "
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
-        fields = self._fields()
+        fields = _model_fields(self)
         inputs.check_params_match(cur, {"threshold": fields[MODEL_FIELDS.index("threshold")]})  # (all: run())
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
             v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
@@ -255,11 +261,6 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
         if self.init_hidden and not self.output:
             return spk
         return spk, mem_out
-
-    def _fields(self) -> list:
-        """The seven model fields, in :data:`MODEL_FIELDS` order (Parameters or buffers)."""
-        parameters, buffers = self._parameters, self._buffers
-        return [parameters[n] if n in parameters else buffers[n] for n in MODEL_FIELDS]
 
     def _run_kernel(self, cur, v0, u0, fields: list, surrogate: str, surrogate_param: float):
         """One kernel call (:func:`spark_torch.execution.run`) from ``(v0, u0)``; keeps the state it ends in.

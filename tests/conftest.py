@@ -21,6 +21,18 @@ def _seed():
 
 
 @pytest.fixture(autouse=True)
+def _fresh_dynamo_caches():
+    """Each test compiles from a clean Dynamo cache: otherwise the compiled layers of earlier tests in the same
+    worker count towards ``torch._dynamo.config.recompile_limit`` of ``IzhikevichSoma.forward``, and whether
+    a ``fullgraph=True`` test passes would depend on which tests ran before it on its worker."""
+    yield
+    import sys
+
+    if "torch._dynamo" in sys.modules:
+        sys.modules["torch._dynamo"].reset()
+
+
+@pytest.fixture(autouse=True)
 def _fresh_length_policy(monkeypatch):
     """Each test starts with no recorded sequence lengths, so its lengths get exact loop buffers (as in a
     program that uses a few lengths) regardless of what earlier tests ran; tests/test_soak.py covers the

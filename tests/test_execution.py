@@ -226,3 +226,21 @@ def test_gradgradcheck_raises_the_clear_error(kernel_backend):
     x = torch.rand(3, 1, 2, dtype=torch.float64, requires_grad=True)
     with pytest.raises(RuntimeError, match="no second derivative"):
         torch.autograd.gradgradcheck(lambda c: layer(c)[1], (x,))
+
+
+def test_backward_releases_the_forward_cache_while_the_outputs_live(kernel_backend, monkeypatch):
+    """The JAX arrays a forward keeps for its backward (whole trajectories) are released by the backward, not
+    when the outputs die: a training loop that keeps last step's outputs alive must not hold two trajectories
+    at the next forward. A second backward (retain_graph=True) recomputes from the saved tensors."""
+    monkeypatch.setattr(route, "executor_for", lambda call, current: route.JAX)
+    layer = IzhikevichSoma(resistance=10.0, units=(4,), sequence=True)
+    x = (3.0 * torch.rand(6, 2, 4)).requires_grad_()
+    spikes, mem = layer(x)
+    node = mem.grad_fn
+    assert type(node).__name__ == "KernelFunctionBackward" and node.cache is not None
+    mem.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    assert node.cache is None
+    x.grad = None
+    mem.sum().backward()
+    assert torch.equal(x.grad, first)

@@ -59,7 +59,7 @@ def memprobe_main(name, size, loss) -> dict:
 
 def _memory(names, size, args, report) -> list:
     out = []
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", SPARK_TORCH_KEEP_FREED_MEMORY="0", PYTHONPATH=os.pathsep.join(
         [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]))
     for name in names:
         cmd = [sys.executable, "-m", "spark_torch.bench", "--memprobe", name, "--size", "x".join(map(str, size)),

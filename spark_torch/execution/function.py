@@ -40,8 +40,11 @@ class KernelFunction(torch.autograd.Function):
         cotangents = Cotangents(None if call.surrogate else g_x, g_v, g_u, g_spikes if call.surrogate else None,
                                 g_mem)
         saved = ctx.saved_tensors
+        # the cache (e.g. JAX arrays behind whole trajectories) is released now, not when the outputs die: a
+        # backward with retain_graph=True runs again from the saved tensors
+        cache, ctx.cache = ctx.cache, None
         with torch.no_grad():
-            grads = ctx.executor.backward(call, saved, ctx.cache, cotangents, ctx.needs_input_grad[3:], ctx.views)
+            grads = ctx.executor.backward(call, saved, cache, cotangents, ctx.needs_input_grad[3:], ctx.views)
         return (None, None, None, *refuse_double_backward(tuple(grads), saved))
 
 

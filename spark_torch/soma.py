@@ -46,6 +46,8 @@ from .surrogate import SnnTorchSurrogate, emit_spikes, fused_surrogate
 
 MODEL_FIELDS = IzhikevichSomaConfig.MODEL_FIELDS
 STATE_PROPERTIES = ("mem", "potential", "recovery")
+#: positions in MODEL_FIELDS of v_r, v_pk and b, from which the layer derives the state it starts from
+_STATE_FIELDS = tuple(MODEL_FIELDS.index(n) for n in ("potential_rest", "threshold", "recovery_sensitivity"))
 
 def _model_fields(layer: nn.Module) -> list:
     """The layer's seven model fields, in :data:`MODEL_FIELDS` order (Parameters or buffers)."""
@@ -249,12 +251,12 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
                                    "`units=...`, call `build(...)`, or run one eager call first")
             self.build(state_shape[1:], dtype=cur.dtype, device=cur.device)
         fields = _model_fields(self)
-        inputs.check_params_match(cur, {"threshold": fields[MODEL_FIELDS.index("threshold")]})  # (all: run())
+        v_r, v_pk, b = (fields[i] for i in _STATE_FIELDS)
+        inputs.check_params_match(cur, {"threshold": v_pk})  # the rest by run(), before any kernel
         if self.sequence and mem is None and not self.init_hidden:  # like nn.RNN without h0: from rest
-            v0, u0 = self._rest_states.get(self.potential_rest, self.recovery_sensitivity, state_shape, cur.dtype)
+            v0, u0 = self._rest_states.get(v_r, b, state_shape, cur.dtype)
         else:
-            v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype,
-                                          self.potential_rest, self.threshold, self.recovery_sensitivity)
+            v0, u0 = self._hidden.initial(self.mem if mem is None else mem, state_shape, cur.dtype, v_r, v_pk, b)
         fused = self._fused_surrogate() or ("", 0.0)
         spikes, x, mem_out = self._run_kernel(cur, v0, u0, fields, *fused)
         spk = emit_spikes(spikes, x, None if fused[0] else self.spike_grad, self.graded_spikes_factor)

@@ -106,6 +106,18 @@ def _step_loop_results(layer, x, mem0, weights):
     return [spk, mem, x.grad, mem0.grad], [p.grad for p in layer.parameters()]
 
 
+def _assert_direct_equals_jax(results: dict, dtype: torch.dtype) -> None:
+    """``results[path] = (exact, rounded)`` for the direct and JAX paths: spikes (some, not most, neurons
+    fire), membranes, state and the input's and state's gradients bit-identical; the fields' gradients (summed
+    over the batch by torch on one path, XLA on the other) equal to rounding."""
+    (exact, rounded), (exact_jax, rounded_jax) = results["direct"], results["jax"]
+    assert 0 < exact[0].sum() < exact[0].numel() / 2
+    for a, b in zip(exact, exact_jax):
+        assert torch.equal(a, b)
+    for a, b in zip(rounded, rounded_jax):
+        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused_surrogate", "torch_surrogate"])
 @pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
@@ -134,12 +146,7 @@ def test_direct_calls_equal_the_native_kernel_through_jax(dtype, fuse, scheme, m
             results[path] = _step_loop_results(layer, x0.clone().requires_grad_(), mem0.clone().requires_grad_(),
                                                 weights)
             assert (bridge.crossings["to_jax"] == 0) == (path == "direct")
-    (exact, rounded), (exact_jax, rounded_jax) = results["direct"], results["jax"]
-    assert 0 < exact[0].sum() < exact[0].numel() / 2
-    for a, b in zip(exact, exact_jax):
-        assert torch.equal(a, b)
-    for a, b in zip(rounded, rounded_jax):
-        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    _assert_direct_equals_jax(results, dtype)
 
 
 def test_sequence_call_from_rest_imports_only_its_input(kernel_backend):
@@ -188,12 +195,7 @@ def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, 
             losses[loss](spk, mem).backward()
             assert (bridge.crossings["to_jax"] == 0) == (path == "direct")
         results[path] = ([spk, mem, x.grad, mem0_.grad, layer.recovery], [p.grad for p in layer.parameters()])
-    (exact, rounded), (exact_jax, rounded_jax) = results["direct"], results["jax"]
-    assert 0 < exact[0].sum() < exact[0].numel() / 2
-    for a, b in zip(exact, exact_jax):
-        assert torch.equal(a, b)
-    for a, b in zip(rounded, rounded_jax):
-        torch.testing.assert_close(a, b, rtol=1e-5 if dtype == torch.float32 else 1e-12, atol=1e-6)
+    _assert_direct_equals_jax(results, dtype)
 
 
 @pytest.mark.parametrize("path", ["direct", "jax", "compiled"])

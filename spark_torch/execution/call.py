@@ -97,6 +97,15 @@ def check_operands(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0
                              f"shape {tuple(state)}")
 
 
+class Residuals(NamedTuple):
+    """What a forward leaves for its backward: ``tensors`` (saved with ``save_for_backward``: current, v0, u0,
+    the seven fields, spikes, v and u — or u's checkpoints), and an optional ``cache`` the executor may
+    use instead of re-reading them (``None`` where the caller can only keep tensors)."""
+
+    tensors: tuple
+    cache: object = None
+
+
 def differentiable(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params) -> bool:
     """Whether autograd will differentiate the call: grad mode on and any tensor requiring grad."""
     return torch.is_grad_enabled() and (current.requires_grad or v0.requires_grad or u0.requires_grad
@@ -108,6 +117,11 @@ def sum_to(grad: Optional[torch.Tensor], shape: torch.Size) -> Optional[torch.Te
     if grad is None or grad.shape == shape:
         return grad
     return grad.sum_to_size(shape)
+
+
+def input_gradients(needs: tuple, grads: tuple, inputs: tuple) -> list:
+    """Each gradient summed to its input's shape where ``needs`` asks for it, else ``None``."""
+    return [sum_to(g, t.shape) if need else None for need, g, t in zip(needs, grads, inputs)]
 
 
 def uniform_as_scalar(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:

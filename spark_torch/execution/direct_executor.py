@@ -28,8 +28,7 @@ import torch
 from .. import bridge
 from ..kernel import native
 from ..kernel.native import interface
-from .call import PARAMETERS, Cotangents, KernelCall, Outputs, compact_cotangent, sum_to
-from .jax_executor import Residuals
+from .call import PARAMETERS, Cotangents, KernelCall, Outputs, Residuals, compact_cotangent, input_gradients
 
 _ERROR_SIZE = 512
 _DTYPE_CODES = {torch.float32: interface.dtype_code("float32"), torch.float64: interface.dtype_code("float64")}
@@ -176,8 +175,7 @@ class DirectExecutor:
             surrogate_param=call.surrogate_param, per_step=per_step)
         bridge.crossings["backward"] += 1
         _call(native.entry_points().reverse, attributes, operands, results, "reverse")
-        grads = (g_current if needs[0] else None, *g_rest)
-        return [sum_to(g, t.shape) for g, t in zip(grads, (current, v0, u0, *params))]
+        return input_gradients(needs, (g_current, *g_rest), (current, v0, u0, *params))
 
 
 def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torch.Size, dtype: torch.dtype,

@@ -29,7 +29,8 @@ import torch
 from .. import bridge, kernel
 from ..kernel import (IzhikevichParams, IzhikevichState, Trajectory, precision_scope, recovery_checkpoint_interval,
                       step_calls)
-from .call import PARAMETERS, Cotangents, KernelCall, Outputs, compact_cotangent, sum_to, uniform_as_scalar
+from .call import (PARAMETERS, Cotangents, KernelCall, Outputs, Residuals, compact_cotangent, input_gradients,
+                   uniform_as_scalar)
 
 #: How many distinct sequence lengths T get a loop buffer of exactly T steps (and so an executable of
 #: their own, compiled on first use); every later new length runs in a buffer padded with zero current
@@ -120,15 +121,6 @@ class _SequenceArrays(NamedTuple):
     traj: Trajectory
 
 
-class Residuals(NamedTuple):
-    """What a forward leaves for its backward: ``tensors`` (saved with ``save_for_backward``: current, v0, u0,
-    the seven fields, spikes, v and u — or u's checkpoints), and an optional ``cache`` the executor may
-    use instead of re-reading them (``None`` where the caller can only keep tensors)."""
-
-    tensors: tuple
-    cache: object = None
-
-
 class JaxExecutor:
     """:meth:`forward` and :meth:`backward` of a kernel call through JAX (module docstring)."""
 
@@ -206,12 +198,7 @@ def _sequence_backward(call: KernelCall, saved: tuple, cache, cotangents: Cotang
             surrogate=(call.surrogate, float(call.surrogate_param)) if call.surrogate else None)
         g_current, g_v0, g_u0, *g_params = bridge.arrays_to_torch(
             (grads[0], *grads[1], *grads[2]), current.device.type == "cpu")
-    return _wanted(needs, (g_current[:n_steps], g_v0, g_u0, *g_params), (current, v0, u0, *params))
-
-
-def _wanted(needs: tuple, grads: tuple, inputs: tuple) -> list:
-    """Each gradient summed to its input's shape where it is needed, else ``None``."""
-    return [sum_to(g, t.shape) if need else None for need, g, t in zip(needs, grads, inputs)]
+    return input_gradients(needs, (g_current[:n_steps], g_v0, g_u0, *g_params), (current, v0, u0, *params))
 
 
 def _step_forward(call: KernelCall, current, v0, u0, params, views: Optional[dict]):
@@ -256,4 +243,4 @@ def _step_backward(call: KernelCall, saved: tuple, cache, cotangents: Cotangents
         for name, tensor, array in (("grad_v", grads[1], g_v0), ("grad_u", grads[2], g_u0)):
             if tensor is not None:
                 bridge.remember_export(views, name, tensor, array)
-    return _wanted(needs, grads, (current, v0, u0, *params))
+    return input_gradients(needs, grads, (current, v0, u0, *params))

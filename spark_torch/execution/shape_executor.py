@@ -12,8 +12,7 @@ from typing import Optional
 import torch
 
 from ..kernel import recovery_checkpoint_interval
-from .call import PARAMETERS, Cotangents, KernelCall, Outputs
-from .jax_executor import Residuals
+from .call import PARAMETERS, Cotangents, KernelCall, Outputs, Residuals
 
 
 def has_no_data(tensor: torch.Tensor) -> bool:

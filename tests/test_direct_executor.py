@@ -37,14 +37,14 @@ def test_every_address_handed_to_c_is_checked(tensor, kwargs, error, match):
     assert _buffer(torch.ones(3), "ok", torch.float32, period_of=6)[1] == 3
 
 
-def test_small_cpu_calls_take_the_direct_executor(native_kernel):
+def test_cpu_calls_take_the_direct_executor(native_kernel):
     from spark_torch import kernel
 
     call = KernelCall(1.0, "euler", step=True)
     with kernel.use_backend("native"):
         assert route.executor_for(call, torch.ones(4, 8)) is route.DIRECT
-        assert route.executor_for(call._replace(recovery_checkpoints=True), torch.ones(4, 8)) is route.JAX
-        assert route.executor_for(call, torch.ones(1 << 18)) is route.JAX
+        assert route.executor_for(call._replace(recovery_checkpoints=True), torch.ones(4, 8)) is route.DIRECT
+        assert route.executor_for(call, torch.ones(1 << 18)) is route.DIRECT
     with kernel.use_backend("xla"):
         assert route.executor_for(call, torch.ones(4, 8)) is route.JAX
     assert route.executor_for(call, torch.ones(4, 8, device="meta")) is route.SHAPES
@@ -99,3 +99,49 @@ def test_non_contiguous_input_is_copied_explicitly_once(native_kernel):
         spikes, mem = layer(current)
         assert bridge.copy_counts["non-contiguous"] == 1
         assert torch.equal(mem, layer(current.contiguous())[1])
+
+
+@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["raw_trace", "checkpoints"])
+def test_large_calls_share_their_blocks_among_threads_with_the_same_bits(native_kernel, scheme, checkpoints):
+    """A call above the parallel threshold runs its blocks of neurons on every thread torch may use; blocks are
+    independent, so spikes, membranes and every gradient are the same bits as on one thread."""
+    from spark_torch import kernel
+    from spark_torch.kernel.native import interface
+
+    T, B, N = 16, 3, 6000  # more neuron-steps than interface.PARALLEL_WORK, in many blocks of neurons
+    assert T * B * N >= interface.PARALLEL_WORK
+    generator = torch.Generator().manual_seed(3)
+    x0 = 3.0 * torch.rand(T, B, N, generator=generator)
+    weights = torch.randn(T, B, N, generator=generator)
+    results, threads = [], torch.get_num_threads()
+    try:
+        for n_threads in (1, 2):
+            torch.set_num_threads(n_threads)
+            layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True, scheme=scheme,
+                                   checkpoint_recovery=checkpoints, learnable=("threshold", "recovery_timescale"))
+            x = x0.clone().requires_grad_()
+            with kernel.use_backend("native"):
+                spk, mem = layer(x)
+                ((spk * weights).sum() + mem.sum()).backward()
+            results.append([spk, mem, x.grad, layer.potential, *(p.grad for p in layer.parameters())])
+    finally:
+        torch.set_num_threads(threads)
+    assert 0 < results[0][0].sum() < results[0][0].numel() / 2
+    for one, two in zip(*results):
+        assert torch.equal(one, two)
+
+
+def test_what_a_forward_keeps_for_its_backward():
+    """Large sequences keep the raw membrane trace and sparse u (their v and u outputs are the final state);
+    small ones and steps keep the v and u traces; recovery checkpoints keep v and u every ~√T steps;
+    inference keeps nothing."""
+    from spark_torch.execution.direct_executor import RAW_TRACE_WORK, residuals_layout
+
+    sequence = KernelCall(1.0, "euler")
+    assert residuals_layout(sequence, "least", RAW_TRACE_WORK) == "raw_trace"
+    assert residuals_layout(sequence, "least", RAW_TRACE_WORK - 1) == "state_traces"
+    assert residuals_layout(sequence._replace(recovery_checkpoints=True), "least", 10) == "checkpoints"
+    assert residuals_layout(sequence._replace(step=True), "least", RAW_TRACE_WORK) == "state_traces"
+    assert residuals_layout(sequence, "state_traces", RAW_TRACE_WORK) == "state_traces"  # the custom op's layout
+    assert residuals_layout(sequence, "final_state", RAW_TRACE_WORK) == "final_state"

@@ -8,8 +8,8 @@ These tests pin the counts of :data:`spark_torch.bridge.crossings` for the loop 
 import pytest
 import torch
 
-from spark_torch import IzhikevichSoma, bridge, kernel
-from spark_torch.execution import route
+from spark_torch import IzhikevichSoma, IzhikevichSomaConfig, bridge, kernel
+from spark_torch.execution import direct_executor, route
 from spark_torch.kernel.native import interface
 
 
@@ -80,18 +80,17 @@ def test_inference_step_runs_one_kernel_call(kernel_backend):
     assert dict(bridge.crossings) == expected
 
 
-def test_large_step_calls_go_through_jax(kernel_backend, monkeypatch):
-    """Above the size the native kernel runs on one thread, a step call takes the JAX path (whose FFI call
-    spreads the neurons over the cores); here the threshold is lowered to 32 neurons to show it."""
-    monkeypatch.setattr(interface, "PARALLEL_WORK", 32)
+def test_large_calls_cross_to_jax_only_without_the_native_kernel(kernel_backend):
+    """Calls of every size run the native kernel's C loops directly where it builds (large ones on several
+    threads); only the XLA backend crosses to JAX."""
     layer = IzhikevichSoma(resistance=10.0, units=(8,))
-    small, large = 3.0 * torch.rand(3, 8), 3.0 * torch.rand(4, 8)  # 24 and 32 neurons
-    for cur, crosses in ((small, kernel_backend == "xla"), (large, True)):
+    small, large = 3.0 * torch.rand(3, 8), 3.0 * torch.rand(interface.PARALLEL_WORK // 8, 8)
+    for cur in (small, large):
         layer.reset()
         bridge.crossings.clear()
         with torch.no_grad():
             layer(cur)
-        assert (bridge.crossings["to_jax"] > 0) == crosses
+        assert (bridge.crossings["to_jax"] > 0) == (kernel_backend == "xla")
 
 
 def _step_loop_results(layer, x, mem0, weights):
@@ -164,13 +163,18 @@ def test_sequence_call_from_rest_imports_only_its_input(kernel_backend):
     assert dict(bridge.crossings) == ({"forward": 1, "backward": 1} if kernel_backend == "native" else through_jax)
 
 
-@pytest.mark.parametrize("loss", ["sum", "count", "dense"])
+@pytest.mark.parametrize("loss", ["sum", "count", "dense", "state"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused_surrogate", "torch_surrogate"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, loss, monkeypatch):
+@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["raw_trace", "checkpoints"])
+def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, loss, scheme, checkpoints,
+                                                                    monkeypatch):
     """As for step calls, for a sequence call from a given membrane, with a uniform loss (one scalar
-    cotangent), a loss on spike counts and final membranes (cotangents constant over time) and dense
-    weights (one cotangent row per step)."""
+    cotangent), a loss on spike counts and final membranes (cotangents constant over time), dense weights
+    (one cotangent row per step) and a loss on the final state (u included). The direct executor keeps the
+    unclipped membrane and u every 16 steps (with ``checkpoint_recovery``: v and u every ~√T steps) where
+    JAX keeps the v and u traces: the same bits all the same, for both schemes and every field's gradient."""
     native = pytest.importorskip("spark_torch.kernel.native")
     try:
         native.load()
@@ -181,11 +185,16 @@ def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, 
     w = torch.randn(T, B, N, dtype=dtype)
     losses = {"sum": lambda spk, mem: spk.sum() + mem.sum(),
               "count": lambda spk, mem: (spk.sum(0) * w[0]).sum() + (mem.sum(0) * w[1]).sum(),
-              "dense": lambda spk, mem: (spk * w).sum() + (mem * w.flip(0)).sum()}
+              "dense": lambda spk, mem: (spk * w).sum() + (mem * w.flip(0)).sum(),
+              "state": lambda spk, mem: spk.sum() + (layer.recovery * w[2]).sum() + (layer.potential * w[3]).sum()}
+    # "count": no field learns (the reverse loop's lean euler path, which skips u, unless the clip bound it)
+    learnable = {"dense": IzhikevichSomaConfig.MODEL_FIELDS, "state": IzhikevichSomaConfig.MODEL_FIELDS,
+                 "count": ()}.get(loss, ("threshold", "recovery_update"))
+    monkeypatch.setattr(direct_executor, "RAW_TRACE_WORK", 0)  # this small call keeps the raw trace too
     results = {}
     for path in ("direct", "jax"):
-        layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True, fuse_surrogate=fuse,
-                               learnable=("threshold", "recovery_update")).to(dtype)
+        layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True, fuse_surrogate=fuse, scheme=scheme,
+                               checkpoint_recovery=checkpoints, learnable=learnable).to(dtype)
         x, mem0_ = x0.clone().requires_grad_(), mem0.clone().requires_grad_()
         with kernel.use_backend("native"), monkeypatch.context() as patch:
             if path == "jax":
@@ -246,3 +255,34 @@ def test_backward_releases_the_forward_cache_while_the_outputs_live(kernel_backe
     x.grad = None
     mem.sum().backward()
     assert torch.equal(x.grad, first)
+
+
+@pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
+def test_a_recovery_bounded_by_the_clip_gives_the_same_gradients_directly(scheme, monkeypatch):
+    """A strong input (R·I = 1e4 pA·GΩ) makes every neuron spike once early, and d = 2e5 mV/ms drives that
+    spike's u' past the clip bound (1e5), where dClip/du' = 0; dt = 1 µs keeps v unclipped afterwards. The
+    loss reads the final u only, so every input gradient before the spike flows through that clipped u':
+    the direct executor's forward flags the clip and its reverse loop recomputes u rather than taking the
+    lean euler path (which would pass u's gradient through). Input gradients equal JAX's bit for bit."""
+    native = pytest.importorskip("spark_torch.kernel.native")
+    try:
+        native.load()
+    except native.Unavailable as error:
+        pytest.skip(f"no native kernel here: {error}")
+    monkeypatch.setattr(direct_executor, "RAW_TRACE_WORK", 0)
+    x0 = 1000.0 + 100.0 * torch.rand(60, 2, 5, generator=torch.Generator().manual_seed(0))
+    results = {}
+    for path in ("direct", "jax"):
+        layer = IzhikevichSoma(resistance=10.0, units=(5,), sequence=True, scheme=scheme, recovery_update=2e5,
+                               dt=0.001)
+        x = x0.clone().requires_grad_()
+        with kernel.use_backend("native"), monkeypatch.context() as patch:
+            if path == "jax":
+                patch.setattr(route, "executor_for", lambda call, current: route.JAX)
+            spk, mem = layer(x)
+            layer.recovery.sum().backward()
+        results[path] = [spk, mem, x.grad, layer.recovery]
+    assert results["direct"][0].sum(0).eq(1).all()  # one spike per neuron
+    assert results["direct"][2].abs().sum() > 0
+    for a, b in zip(results["direct"], results["jax"]):
+        assert torch.equal(a, b)

@@ -48,7 +48,7 @@ def test_a_library_with_another_interface_is_refused():
     interface.check_library(Other(interface.description().encode()))
 
 
-def _direct_forward(entry_points, scheme_code=0, dtype_code=0, period=3, n_operands=None):
+def _direct_forward(entry_points, scheme_code=0, dtype_code=0, period=3, n_operands=None, residuals=1):
     m = 6
     current = np.ones(m, np.float32)
     v0, u0 = np.full(m, -65.0, np.float32), np.full(m, -13.0, np.float32)
@@ -56,11 +56,12 @@ def _direct_forward(entry_points, scheme_code=0, dtype_code=0, period=3, n_opera
     steps = np.array([1], np.int32)
     outputs = [np.full(m, 7.0, np.float32) for _ in range(4)]
     operands = [current, v0, u0, *params, steps]
-    results = [outputs[0], None, outputs[1], outputs[2], outputs[3], None]
+    results = [outputs[0], None, outputs[1], outputs[2], outputs[3], None, None, None, None]
     view = lambda a: interface.View(None, 0) if a is None else interface.View(a.ctypes.data, a.size)
     in_views = (interface.View * len(operands))(*map(view, operands))
     out_views = (interface.View * len(results))(*map(view, results))
-    attributes = interface.Attributes(dtype=dtype_code, t_buf=1, m=m, dt=1.0, scheme=scheme_code, trace_state=1)
+    attributes = interface.Attributes(dtype=dtype_code, t_buf=1, m=m, dt=1.0, scheme=scheme_code,
+                                      residuals=residuals)
     error = ctypes.create_string_buffer(256)
     status = entry_points.forward(ctypes.byref(attributes), in_views, n_operands or len(operands), out_views,
                                   len(results), error, 256)
@@ -72,6 +73,8 @@ def _direct_forward(entry_points, scheme_code=0, dtype_code=0, period=3, n_opera
     ("unknown dtype", dict(dtype_code=2), "dtype"),
     ("period not dividing the neurons", dict(period=4), "divide"),
     ("wrong operand count", dict(n_operands=10), "operands"),
+    ("unknown residuals mode", dict(residuals=4), "residuals"),
+    ("raw trace without checkpoints", dict(residuals=2), "every"),
 ])
 def test_direct_entry_points_reject_bad_calls_and_write_nothing(library, case, kwargs, message):
     from spark_torch.kernel import native
@@ -93,11 +96,12 @@ def test_ffi_handler_rejects_an_unknown_scheme_code(library):
     """The FFI handler checks the codes too: an unknown scheme is an error, not the other scheme's loop."""
     current = jnp.ones((2, 3), jnp.float32)
     periodic = [jnp.full((3,), v, jnp.float32) for v in (-65.0, -13.0, -65.0, -65.0, 1.0, 30.0, 0.02, 0.2, 8.0)]
-    results = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in ((2, 3), (0,), (2, 3), (2, 3), (0,), (0,)))
+    results = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in ((2, 3), (0,), (2, 3), (2, 3), (0,), (0,), (0,), (0,),
+                                                                   (0,)))
     call = jax.ffi.ffi_call(interface.FORWARD_TARGET, results)
     with pytest.raises(Exception, match="scheme"):
         jax.block_until_ready(call(current, *periodic, jnp.int32(2), dt=np.float64(1.0), scheme=np.int64(7),
-                                   trace_state=np.int64(1), every=np.int64(0)))
-    good = call(current, *periodic, jnp.int32(2), dt=np.float64(1.0), scheme=np.int64(0), trace_state=np.int64(1),
+                                   residuals=np.int64(1), every=np.int64(0)))
+    good = call(current, *periodic, jnp.int32(2), dt=np.float64(1.0), scheme=np.int64(0), residuals=np.int64(1),
                 every=np.int64(0))
     assert np.isfinite(np.asarray(good[2])).all()

@@ -7,11 +7,13 @@ Data flow of a call (``IzhikevichSoma`` → :func:`run`)::
       └─ eager → route.executor_for(call, current) one decision: shape | direct | jax executor
              └─ KernelFunction (autograd.Function) forward/backward of that executor
 
-Executors (same interface: ``forward(call, current, v0, u0, params, views, trace_state) -> (Outputs,
-Residuals)`` and ``backward(call, saved, cache, cotangents, needs, views) -> grads``):
+Executors (same interface: ``forward(call, current, v0, u0, params, views, keep) -> (Outputs, Residuals)``
+and ``backward(call, saved, cache, cotangents, needs, views, layout) -> grads``; ``keep``: :data:`.call.KEEP`,
+``layout``: what the forward kept, :attr:`.call.Residuals.layout`):
 
-* :class:`~.jax_executor.JaxExecutor` — DLPack, jitted JAX loops (XLA or the native kernel via ``jax.ffi``);
-* :class:`~.direct_executor.DirectExecutor` — the native kernel's C loops on torch's memory;
+* :class:`~.jax_executor.JaxExecutor` — DLPack, jitted JAX loops (XLA, and CUDA tensors);
+* :class:`~.direct_executor.DirectExecutor` — the native kernel's C loops on torch's memory (every CPU call
+  where the native kernel builds);
 * :class:`~.shape_executor.ShapeExecutor` — meta/fake tensors: shapes only.
 
 The kernel's numerics live in :mod:`spark_torch.kernel`; this package only moves tensors to it and back.

@@ -97,13 +97,22 @@ def check_operands(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0
                              f"shape {tuple(state)}")
 
 
+#: What an executor's forward may keep for the backward (``keep``): nothing (``v``, ``u`` are the final
+#: state), the ``v``/``u`` traces and spikes (the layout the custom op saves), or the least the executor
+#: needs (the direct executor then returns the final state; the JAX executor keeps traces).
+KEEP = ("final_state", "state_traces", "least")
+
+
 class Residuals(NamedTuple):
     """What a forward leaves for its backward: ``tensors`` (saved with ``save_for_backward``: current, v0, u0,
-    the seven fields, spikes, v and u — or u's checkpoints), and an optional ``cache`` the executor may
-    use instead of re-reading them (``None`` where the caller can only keep tensors)."""
+    the seven fields, then what ``layout`` names, e.g. spikes, v and u — or u's checkpoints), an optional
+    ``cache`` the executor may use instead of re-reading them (``None`` where the caller can only keep
+    tensors), and the ``layout`` (a name of ``spark_torch.kernel.native.interface.RESIDUALS``) to hand back
+    to the executor's backward."""
 
     tensors: tuple
     cache: object = None
+    layout: str = "state_traces"
 
 
 def differentiable(current: torch.Tensor, v0: torch.Tensor, u0: torch.Tensor, params) -> bool:

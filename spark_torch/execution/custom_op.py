@@ -39,7 +39,7 @@ def izhikevich_scan(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Simulate ``T = current.shape[0]`` steps (module docstring)."""
     call = _call(dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
-    outputs, _ = route.executor_for(call, current).forward(call, current, v0, u0, params, None, trace_state=True)
+    outputs, _ = route.executor_for(call, current).forward(call, current, v0, u0, params, None, keep="state_traces")
     empty = current.new_empty  # distinct empties: outputs must not alias each other
     return (outputs.spikes, empty(0) if outputs.x is None else outputs.x, outputs.v, outputs.u, outputs.mem,
             empty(0) if outputs.u_checkpoints is None else outputs.u_checkpoints)
@@ -89,7 +89,8 @@ def izhikevich_scan_backward(
     ``u`` (its recovery checkpoints, with ``recovery_checkpoints``); ``g_*``: the outputs' cotangents."""
     call = _call(dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
     cotangents = Cotangents(g_x, g_v, g_u, g_spikes, g_mem)
-    grads = route.executor_for(call, saved[0]).backward(call, tuple(saved), None, cotangents, tuple(needs), None)
+    grads = route.executor_for(call, saved[0]).backward(call, tuple(saved), None, cotangents, tuple(needs), None,
+                                                        "state_traces")
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, saved)]
 
 

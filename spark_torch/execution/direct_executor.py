@@ -1,19 +1,26 @@
 """The direct executor: the native kernel's C loops on torch's memory, without XLA's runtime or DLPack.
 
 Through JAX, every kernel call pays XLA's executable launch and the DLPack crossings of its operands and
-results before any arithmetic, which an snnTorch step loop pays at every time step. For small eager CPU
-calls (:mod:`.route`) the layer therefore calls the same compiled loops through their plain C entry points
-(:func:`spark_torch.kernel.native.entry_points`): torch allocates the results, the loops write them in place.
-Both ways run the same checks and loops on one thread in the same order, so spikes, membranes, state and
-the gradients of the input and initial state are bit-identical to the JAX executor's on the native
-backend; gradients of fields that broadcast over the batch are summed by torch here (by XLA there), equal
-to rounding.
+results before any arithmetic, which an snnTorch step loop pays at every time step. For CPU calls
+(:mod:`.route`) the layer therefore calls the same compiled loops through their plain C entry points
+(:func:`spark_torch.kernel.native.entry_points`): the results are allocated here, the loops write them in
+place; calls above ``interface.PARALLEL_WORK`` neuron-steps share their blocks of neurons among at most
+``torch.get_num_threads()`` threads of the library's own pool. Blocks are independent and both ways run
+the same checks and loops, so spikes, membranes, state and the gradients of the input and initial state
+are bit-identical to the JAX executor's on the native backend, whatever the thread count; gradients of
+fields that broadcast over the batch are summed by torch here (by XLA there), equal to rounding.
+
+What a sequence keeps for its backward (``keep="least"``, :class:`DirectExecutor`) is less than the v and
+u traces JAX keeps: the unclipped membrane of every step (from which the reverse loop derives each step's
+spike and pre-step v, ``v' = s ? c : clip(raw)``) and u every :data:`RAW_TRACE_EVERY` steps (u between them
+is recomputed by the forward's own arithmetic, without the input). With ``checkpoint_recovery``: v and u
+every ~√T steps, the steps in between recomputed from the input. Either way the reverse loop sees the
+forward's values bit for bit, so the gradients are those of the traces.
 
 Memory safety: :func:`_buffer` is the only place an address is taken for C, and it checks the tensor's
 dtype, device, contiguity and element count (a periodic operand: a count that divides the neurons); the
 C side checks the counts again and writes nothing when one is wrong. Non-contiguous inputs are copied
-explicitly (:func:`spark_torch.bridge.explicit_copy`, counted). Recovery checkpoints are not supported
-here (the route sends such calls to JAX).
+explicitly (:func:`spark_torch.bridge.explicit_copy`, counted).
 """
 
 from __future__ import annotations
@@ -26,9 +33,12 @@ from typing import Optional
 import torch
 
 from .. import bridge
+from . import memory_pool
 from ..kernel import native
 from ..kernel.native import interface
-from .call import PARAMETERS, Cotangents, KernelCall, Outputs, Residuals, compact_cotangent, input_gradients
+from ..kernel import recovery_checkpoint_interval
+from .call import (PARAMETERS, Cotangents, KernelCall, Outputs, Residuals, compact_cotangent, input_gradients,
+                   uniform_as_scalar)
 
 _ERROR_SIZE = 512
 _DTYPE_CODES = {torch.float32: interface.dtype_code("float32"), torch.float64: interface.dtype_code("float64")}
@@ -116,78 +126,156 @@ def _call(function, attributes: interface.Attributes, operands: list, results: l
         raise RuntimeError(f"the native kernel rejected the operands of a {what} call: {error.value.decode()}")
 
 
+#: Steps between the recovery checkpoints that a ``raw_trace`` forward keeps: the reverse recomputes ``u``
+#: over runs of this many steps, whose rows stay in the cache between the recomputation and their use.
+RAW_TRACE_EVERY = 16
+#: Neuron-steps from which a sequence keeps its raw membrane trace rather than the v and u traces: below, the
+#: traces live in the caches anyway, and they take two buffers fewer to allocate (the layer's final state
+#: is their last row).
+RAW_TRACE_WORK = 1 << 16
+
+
+def residuals_layout(call: KernelCall, keep: str, work: int) -> str:
+    """What a forward of ``work`` neuron-steps keeps for ``keep`` (see :class:`DirectExecutor`): an
+    ``interface.RESIDUALS`` name."""
+    if keep == "final_state":
+        return "final_state"
+    if keep == "state_traces" or call.step:
+        return "state_traces"
+    if call.recovery_checkpoints:
+        return "checkpoints"
+    return "raw_trace" if work >= RAW_TRACE_WORK else "state_traces"
+
+
+def checkpoint_every(call: KernelCall, layout: str, t_buf: int) -> int:
+    """Steps between checkpoints in ``layout`` (0: none)."""
+    if layout == "raw_trace":
+        return RAW_TRACE_EVERY
+    if layout == "checkpoints" or (layout == "state_traces" and call.recovery_checkpoints and not call.step):
+        return recovery_checkpoint_interval(t_buf)
+    return 0
+
+
 class DirectExecutor:
-    """:meth:`forward` and :meth:`backward` of a kernel call on the C loops (module docstring)."""
+    """:meth:`forward` and :meth:`backward` of a kernel call on the C loops (module docstring).
+
+    ``keep`` (what the forward keeps for a backward, and so what ``v``/``u`` it returns):
+
+    * ``"final_state"``: nothing; ``v``, ``u`` are the final state (``[1, *state]`` for a sequence);
+    * ``"state_traces"``: ``v``, ``u`` traces (``u`` final, with its checkpoints, under recovery checkpoints)
+      and the spikes, as the JAX executor keeps them (the custom op's saved layout);
+    * ``"least"``: for a sequence of at least :data:`RAW_TRACE_WORK` neuron-steps, the final state only and,
+      saved, the unclipped membrane of every step and ``u`` every :data:`RAW_TRACE_EVERY` steps
+      (``raw_trace``); with recovery checkpoints (any size), ``v`` and ``u`` every ~√T steps
+      (``checkpoints``); else ``state_traces`` (a step's new state is its trace).
+    """
 
     name = "direct"
 
-    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], trace_state: bool):
-        """``(Outputs, Residuals)``; ``trace_state=False``: ``v``, ``u`` are the final state only."""
+    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
+        """``(Outputs, Residuals)`` (see the class docstring for ``keep``)."""
         if not current.is_contiguous():  # the C loops read dense rows only
             current = bridge.explicit_copy(current, "current")
         state_shape = call.state_shape(current)
         m, dtype = state_shape.numel(), current.dtype
         t_buf = 1 if call.step else current.shape[0]
-        spikes, mem = torch.empty_like(current), torch.empty_like(current)
-        x = None if call.surrogate else torch.empty_like(current)
-        v, u = (torch.empty_like(current) if trace_state else current.new_empty(state_shape) for _ in range(2))
+        layout = residuals_layout(call, keep, current.numel())
+        every = checkpoint_every(call, layout, t_buf)
+        rows = t_buf * m
+        traced = layout == "state_traces"
+        spikes, mem = _new(current.shape, dtype), _new(current.shape, dtype)
+        x = None if call.surrogate else _new(current.shape, dtype)
+        v = _new(current.shape if traced else state_shape, dtype)
+        u = _new(current.shape if traced and not every else state_shape, dtype)
+        raw = _new(current.shape, dtype) if layout == "raw_trace" else None
+        n_checkpoints = -(-t_buf // every) if every else 0
+        v_checkpoints = _new((n_checkpoints, *state_shape), dtype) if layout == "checkpoints" else None
+        u_checkpoints = _new((n_checkpoints, *state_shape), dtype) if every else None
+        u_clipped = current.new_empty(1) if layout == "raw_trace" else None
         steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m, views)
-        operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *model,
+        operands = [(current, _buffer(current, "current", dtype, rows)), *model,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
-        n_state = t_buf * m if trace_state else m
-        results = [(spikes, _buffer(spikes, "spikes", dtype, t_buf * m)), (x, _buffer(x, "x", dtype, t_buf * m)),
-                   (v, _buffer(v, "v", dtype, n_state)), (u, _buffer(u, "u", dtype, n_state)),
-                   (mem, _buffer(mem, "mem", dtype, t_buf * m)), (None, _buffer(None, "u_checkpoints", dtype))]
-        attributes = interface.Attributes(dtype=_DTYPE_CODES[dtype], t_buf=t_buf, m=m,
-                                          dt=call.dt, scheme=interface.scheme_code(call.scheme),
-                                          trace_state=int(trace_state))
+        results = [(spikes, _buffer(spikes, "spikes", dtype, rows)), (x, _buffer(x, "x", dtype, rows)),
+                   (v, _buffer(v, "v", dtype, v.numel())), (u, _buffer(u, "u", dtype, u.numel())),
+                   (mem, _buffer(mem, "mem", dtype, rows)), (raw, _buffer(raw, "raw", dtype, rows)),
+                   *((c, _buffer(c, name, dtype, n_checkpoints * m)) for c, name in (
+                       (v_checkpoints, "v_checkpoints"), (u_checkpoints, "u_checkpoints"))),
+                   (u_clipped, _buffer(u_clipped, "u_clipped", dtype, 1))]
+        attributes = interface.Attributes(dtype=_DTYPE_CODES[dtype], t_buf=t_buf, m=m, dt=call.dt,
+                                          scheme=interface.scheme_code(call.scheme),
+                                          residuals=interface.residuals_code(layout), every=every,
+                                          threads=torch.get_num_threads())
         bridge.crossings["forward"] += 1
         _call(native.entry_points().forward, attributes, operands, results, "forward")
-        if not trace_state and not call.step:
-            v, u = v[None], u[None]
+        if not call.step and v.dim() < current.dim():  # a sequence's final state, [1, *state]
+            v = v[None]
+        if not call.step and u.dim() < current.dim():
+            u = u[None]
+        kept = {"final_state": (), "state_traces": (spikes, v, u_checkpoints if every else u),
+                "raw_trace": (raw, u_checkpoints, u_clipped), "checkpoints": (v_checkpoints, u_checkpoints)}[layout]
         # the model's operands are kept for the backward (the tensors they point to are saved too)
-        return Outputs(spikes, x, v, u, mem), Residuals((current, v0, u0, *params, spikes, v, u), model)
+        return (Outputs(spikes, x, v, u, mem, u_checkpoints if traced and every else None),
+                Residuals((current, v0, u0, *params, *kept), model, layout))
 
     def backward(self, call: KernelCall, saved: tuple, cache, cotangents: Cotangents, needs: tuple,
-                 views: Optional[dict]):
-        """Gradients of ``(current, v0, u0, *params)`` (``None`` where ``needs`` is false)."""
+                 views: Optional[dict], layout: str):
+        """Gradients of ``(current, v0, u0, *params)`` (``None`` where ``needs`` is false); ``saved``: the
+        forward's :attr:`Residuals.tensors`, kept in ``layout``."""
         current, v0, u0, *rest = saved
-        params, (spikes, v, u) = rest[:len(PARAMETERS)], rest[len(PARAMETERS):]
+        params, kept = rest[:len(PARAMETERS)], rest[len(PARAMETERS):]
         if not current.is_contiguous():
             current = bridge.explicit_copy(current, "current")
         state_shape = call.state_shape(current)
         m, dtype = state_shape.numel(), current.dtype
         t_buf = 1 if call.step else current.shape[0]
-        per_step, g_operands = _cotangent_views(cotangents, call, state_shape, dtype, t_buf * m, m)
+        rows, every = t_buf * m, checkpoint_every(call, layout, t_buf)
+        n_checkpoints = -(-t_buf // every) if every else 0
+        names = {"state_traces": ("spikes", "v", "u_checkpoints" if every else "u"),
+                 "raw_trace": ("raw", "u_checkpoints", "u_clipped"),
+                 "checkpoints": ("v_checkpoints", "u_checkpoints")}[layout]
+        by_name = dict(zip(names, kept))
+        counts = {"v_checkpoints": n_checkpoints * m, "u_checkpoints": n_checkpoints * m, "u_clipped": 1}
+        residual_views = [(by_name.get(name), _buffer(by_name.get(name), name, dtype, counts.get(name, rows)))
+                          for name in ("spikes", "v", "u", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")]
+        per_step, g_operands = _cotangent_views(cotangents, call, state_shape, dtype, rows, m, layout, every)
         steps = _step_count(t_buf)
         model = cache if _still_valid(cache) else _model_views(v0, u0, params, state_shape, m)
-        operands = [(current, _buffer(current, "current", dtype, t_buf * m)), *model,
-                    *((t, _buffer(t, n, dtype, t_buf * m)) for t, n in ((spikes, "spikes"), (v, "v"), (u, "u"))),
-                    *g_operands, (None, _buffer(None, "g_u_final", dtype)),
+        operands = [(current, _buffer(current, "current", dtype, rows)), *model, *residual_views, *g_operands,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
-        g_current = torch.empty_like(current)
+        g_current = _new(current.shape, dtype)
         g_rest = [current.new_empty(state_shape) if need else None for need in needs[1:]]
-        results = [(g_current, _buffer(g_current, "g_current", dtype, t_buf * m)),
+        results = [(g_current, _buffer(g_current, "g_current", dtype, rows)),
                    *((g, _buffer(g, name, dtype, m)) for g, name in zip(g_rest, interface.REVERSE_RESULTS[1:]))]
         attributes = interface.Attributes(
             dtype=_DTYPE_CODES[dtype], t_buf=t_buf, m=m, dt=call.dt,
             scheme=interface.scheme_code(call.scheme), surrogate=interface.surrogate_code(call.surrogate),
-            surrogate_param=call.surrogate_param, per_step=per_step)
+            surrogate_param=call.surrogate_param, residuals=interface.residuals_code(layout), every=every,
+            per_step=per_step, threads=torch.get_num_threads())
         bridge.crossings["backward"] += 1
         _call(native.entry_points().reverse, attributes, operands, results, "reverse")
         return input_gradients(needs, (g_current, *g_rest), (current, v0, u0, *params))
 
 
+def _new(shape, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor for the kernel to write: large ones on the library's pooled
+    memory (:mod:`.memory_pool`: no page faults for memory a previous call freed)."""
+    return memory_pool.new_buffer(tuple(shape), dtype, native.load().handle)
+
+
 def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torch.Size, dtype: torch.dtype,
-                     rows: int, m: int):
-    """The per-step bit mask and the ``(tensor, View)`` of each cotangent: absent; uniform (one value, as
-    ``y.sum()``'s); constant over the steps of a sequence (``y.sum(0)``'s: one value per neuron); else one
-    row per step."""
+                     rows: int, m: int, layout: str, every: int):
+    """The per-step bit mask and the ``(tensor, View)`` of each cotangent operand (``interface.COTANGENTS``,
+    then ``g_v_final``, ``g_u_final``): absent; uniform (one value, as ``y.sum()``'s); constant over the steps
+    of a sequence (``y.sum(0)``'s: one value per neuron); else one row per step. A state returned as its
+    final value only (``[1, *state]``) has its cotangent in ``g_*_final``."""
     per_step, views = 0, []
+    v_final = layout in ("raw_trace", "checkpoints")
+    u_final = v_final or (layout == "state_traces" and every > 0)
     spikes = cotangents.spikes if call.surrogate else None
     x = None if call.surrogate else cotangents.x
-    for i, (name, grad) in enumerate(zip(interface.COTANGENTS, (x, cotangents.v, cotangents.u, spikes,
-                                                                cotangents.mem))):
+    finals = (cotangents.v if v_final else None, cotangents.u if u_final else None)
+    traced = (x, None if v_final else cotangents.v, None if u_final else cotangents.u, spikes, cotangents.mem)
+    for i, (name, grad) in enumerate(zip(interface.COTANGENTS, traced)):
         grad = compact_cotangent(grad, call.step)
         if grad is None:
             views.append((None, _buffer(None, name, dtype)))
@@ -200,4 +288,9 @@ def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torc
             per_step |= 1 << i
             grad = grad.contiguous()
             views.append((grad, _buffer(grad, name, dtype, rows)))
+    for name, grad in zip(("g_v_final", "g_u_final"), finals):
+        grad = uniform_as_scalar(grad)
+        if grad is not None:
+            grad = (grad if grad.dim() == 0 else grad.reshape(state_shape)).to(dtype).contiguous()
+        views.append((grad, _buffer(grad, name, dtype, period_of=m)))
     return per_step, views

@@ -26,9 +26,10 @@ class KernelFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, call: KernelCall, executor, views: Optional[dict], current, v0, u0, *params):
-        outputs, residuals = executor.forward(call, current, v0, u0, params, views, trace_state=True)
+        outputs, residuals = executor.forward(call, current, v0, u0, params, views, keep="least")
         ctx.save_for_backward(*residuals.tensors)
         ctx.call, ctx.executor, ctx.views, ctx.cache = call, executor, views, residuals.cache
+        ctx.layout = residuals.layout
         ctx.set_materialize_grads(False)  # unused outputs send None, not zeros, to the reverse loop
         if not call.surrogate:
             ctx.mark_non_differentiable(outputs.spikes)
@@ -44,7 +45,8 @@ class KernelFunction(torch.autograd.Function):
         # backward with retain_graph=True runs again from the saved tensors
         cache, ctx.cache = ctx.cache, None
         with torch.no_grad():
-            grads = ctx.executor.backward(call, saved, cache, cotangents, ctx.needs_input_grad[3:], ctx.views)
+            grads = ctx.executor.backward(call, saved, cache, cotangents, ctx.needs_input_grad[3:], ctx.views,
+                                          ctx.layout)
         return (None, None, None, *refuse_double_backward(tuple(grads), saved))
 
 
@@ -54,8 +56,9 @@ def run(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0: torch.Ten
 
     The tensors are checked (:func:`~.call.check_operands`); then, while ``torch.compile`` traces, the call
     becomes the custom op (:mod:`.custom_op`), else the executor of :func:`~.route.executor_for` runs it,
-    through :class:`KernelFunction` when autograd will differentiate it. Without anything to differentiate,
-    ``v`` and ``u`` are the final state only (``[1, *state]`` for a sequence): no traces are written.
+    through :class:`KernelFunction` when autograd will differentiate it. ``v`` and ``u`` of a sequence are
+    its final state ``[1, *state]`` without anything to differentiate (no traces are written), and where the
+    executor keeps less than traces for the backward (the direct executor); else ``[T, *state]`` traces.
     ``views``: a dict owned by the caller (the layer) in which the JAX views of its tensors are kept between
     calls, so that they live as long as the layer and no longer.
     """
@@ -65,7 +68,7 @@ def run(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0: torch.Ten
     check_not_forked()
     if not differentiable(current, v0, u0, params):
         call = call._replace(recovery_checkpoints=False)  # nothing to recompute without a backward
-        return route.executor_for(call, current).forward(call, current, v0, u0, params, views, trace_state=False)[0]
+        return route.executor_for(call, current).forward(call, current, v0, u0, params, views, keep="final_state")[0]
     executor = route.executor_for(call, current)
     spikes, x, v, u, mem = KernelFunction.apply(call, executor, views, current, v0, u0, *params)
     return Outputs(spikes, x, v, u, mem)

@@ -126,15 +126,17 @@ class JaxExecutor:
 
     name = "jax"
 
-    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], trace_state: bool):
-        """``(Outputs, Residuals)``; ``trace_state=False``: ``v``, ``u`` are the final state only."""
+    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
+        """``(Outputs, Residuals)``; ``keep="final_state"``: ``v``, ``u`` are the final state only, else traces
+        (``"least"`` keeps the traces too: JAX's backward re-integrates from them)."""
         if call.step:
             return _step_forward(call, current, v0, u0, params, views)
-        return _sequence_forward(call, current, v0, u0, params, views, trace_state)
+        return _sequence_forward(call, current, v0, u0, params, views, keep != "final_state")
 
     def backward(self, call: KernelCall, saved: tuple, cache, cotangents: Cotangents, needs: tuple,
-                 views: Optional[dict]):
-        """Gradients of ``(current, v0, u0, *params)`` (``None`` where ``needs`` is false)."""
+                 views: Optional[dict], layout: str = "state_traces"):
+        """Gradients of ``(current, v0, u0, *params)`` (``None`` where ``needs`` is false); ``saved`` is always in
+        the ``state_traces`` layout here."""
         if call.step:
             return _step_backward(call, saved, cache, cotangents, needs, views)
         return _sequence_backward(call, saved, cache, cotangents, needs)

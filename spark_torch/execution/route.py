@@ -4,9 +4,9 @@
 call                                    executor
 ======================================  ===========================================================
 tensors without data (meta, fake)       :class:`~.shape_executor.ShapeExecutor` (shapes only)
-CPU, native backend, below the          :class:`~.direct_executor.DirectExecutor` (the C loops on
-parallel threshold, no recovery         torch's memory; bit-identical to the native kernel through
-checkpoints                             JAX, which also runs these sizes on one thread)
+CPU, native backend                     :class:`~.direct_executor.DirectExecutor` (the C loops on
+                                        torch's memory, threads for large calls; bit-identical to the
+                                        native kernel through JAX)
 everything else                         :class:`~.jax_executor.JaxExecutor` (XLA or the native kernel
                                         through ``jax.ffi``: :func:`spark_torch.kernel.backend`)
 ======================================  ===========================================================
@@ -22,7 +22,6 @@ from __future__ import annotations
 import torch
 
 from .. import kernel
-from ..kernel.native import interface
 from .call import KernelCall
 from .direct_executor import DirectExecutor
 from .jax_executor import JaxExecutor
@@ -37,7 +36,6 @@ def executor_for(call: KernelCall, current: torch.Tensor):
     """The executor for ``call`` on ``current`` (module docstring); the decision reads only the call's facts."""
     if has_no_data(current):
         return SHAPES
-    if (current.device.type == "cpu" and not call.recovery_checkpoints
-            and 0 < current.numel() < interface.PARALLEL_WORK and kernel.backend() == "native"):
+    if current.device.type == "cpu" and current.numel() > 0 and kernel.backend() == "native":
         return DIRECT
     return JAX

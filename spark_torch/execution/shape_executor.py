@@ -37,8 +37,9 @@ class ShapeExecutor:
 
     name = "shape"
 
-    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], trace_state: bool):
+    def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         state = call.state_shape(current)
+        trace_state = keep == "state_traces"  # "least": the final state, as the direct executor returns it
         traced = current.shape if call.step or trace_state else (1, *state)
         checkpoints = call.recovery_checkpoints and trace_state and not call.step
         v = current.new_empty(traced)
@@ -49,6 +50,6 @@ class ShapeExecutor:
         return outputs, Residuals((current, v0, u0, *params, outputs.spikes, v, u_checkpoints if checkpoints else u))
 
     def backward(self, call: KernelCall, saved: tuple, cache, cotangents: Cotangents, needs: tuple,
-                 views: Optional[dict]):
+                 views: Optional[dict], layout: str = "state_traces"):
         inputs = saved[:3 + len(PARAMETERS)]
         return [torch.empty_like(t) if need else None for need, t in zip(needs, inputs)]

@@ -23,8 +23,9 @@ library's interface, checked against the library when it is loaded). State and p
 flat *periodic* arrays (a scalar, per-unit values broadcast over the batch, or one value per neuron);
 other broadcasts are materialized by :func:`jnp.broadcast_to`. Time-constant cotangents cross the same way.
 
-What is stored: the forward writes the same traces as the XLA loop (post-step ``v`` and ``u``, or
-``u`` every ``K`` steps with ``recovery_every``); the backward re-integrates each step from them.
+What is stored: through JAX, the forward writes the same traces as the XLA loop (post-step ``v`` and ``u``,
+or ``u`` every ``K`` steps with ``recovery_every``), which are part of its :class:`Trajectory`; the backward
+re-integrates each step from them. The torch layer's direct calls keep less (``interface.RESIDUALS``).
 
 Dtypes other than float32/float64 (which the torch layer never passes) run the XLA loop.
 """
@@ -154,11 +155,14 @@ def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, 
                "v": jax.ShapeDtypeStruct(steps if trace_state else final, dtype),
                "u": jax.ShapeDtypeStruct(steps if trace_state and not every else final, dtype),
                "mem": jax.ShapeDtypeStruct(steps if return_mem else (0,), dtype),
+               "raw": jax.ShapeDtypeStruct((0,), dtype), "v_checkpoints": jax.ShapeDtypeStruct((0,), dtype),
+               "u_clipped": jax.ShapeDtypeStruct((0,), dtype),
                "u_checkpoints": jax.ShapeDtypeStruct((-(-n_buffer // every), *state_shape) if every else (0,), dtype)}
     operands = {"current": current, **_model_operands(state, params, dtype, state_shape),
                 "n_steps": jnp.asarray(n_steps).astype(jnp.int32)}
     out = _ffi_call(FORWARD_TARGET, operands, results,
-                    {"dt": dt, "scheme": scheme_code, "trace_state": trace_state, "every": every})
+                    {"dt": dt, "scheme": scheme_code, "every": every,
+                     "residuals": interface.residuals_code("state_traces" if trace_state else "final_state")})
     v = out["v"] if trace_state else out["v"][None]
     u = out["u"] if trace_state and not every else out["u"][None]
     return Trajectory(out["spikes"].astype(spike_dtype), out["x"] if return_x else None, v, u,
@@ -179,6 +183,7 @@ def _cotangent_operands(cotangents, current, checkpointed: bool):
             operands[name] = jnp.broadcast_to(jnp.asarray(g, dtype), current.shape)
         else:
             operands[name] = _periodic(g, dtype, state_shape)
+    operands["g_v_final"] = _empty(dtype)  # v is a trace here: its cotangent is g_v
     if g_u_final is None:
         operands["g_u_final"] = _empty(dtype)
     else:
@@ -206,7 +211,9 @@ def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichPara
     g_operands, per_step = _cotangent_operands(cotangents, current, checkpointed)
     spikes = traj.spikes if traj.spikes.dtype == jnp.bool_ else traj.spikes.astype(dtype)
     operands = {"current": current, **_model_operands(state, params, dtype, state_shape), "spikes": spikes,
-                "v": traj.v.astype(dtype), "u": (traj.u_checkpoints if checkpointed else traj.u).astype(dtype),
+                "v": traj.v.astype(dtype), "u": _empty(dtype) if checkpointed else traj.u.astype(dtype),
+                "raw": _empty(dtype), "v_checkpoints": _empty(dtype), "u_clipped": _empty(dtype),
+                "u_checkpoints": traj.u_checkpoints.astype(dtype) if checkpointed else _empty(dtype),
                 **g_operands, "n_steps": jnp.asarray(n_steps).astype(jnp.int32)}
     per_neuron = {name: jax.ShapeDtypeStruct(state_shape, dtype) for name in ("g_v0", "g_u0")}
     for name, wanted in zip(interface.REVERSE_RESULTS[3:], mask):
@@ -214,6 +221,7 @@ def _simulate_bwd_native(current, state: IzhikevichState, params: IzhikevichPara
     out = _ffi_call(REVERSE_TARGET, operands, {"g_current": jax.ShapeDtypeStruct(current.shape, dtype), **per_neuron},
                     {"dt": dt, "scheme": scheme_code, "surrogate": surrogate_code,
                      "surrogate_param": 0.0 if surrogate is None else surrogate[1], "every": every,
+                     "residuals": interface.residuals_code("state_traces"),
                      "per_step": per_step})
     g_state = IzhikevichState(sum_to_shape(out["g_v0"], jnp.shape(state.v)), sum_to_shape(out["g_u0"], jnp.shape(state.u)))
     g_params = IzhikevichParams(*(sum_to_shape(out[name], jnp.shape(q)) if wanted else None

@@ -64,10 +64,11 @@ from pathlib import Path
 from typing import NamedTuple, Optional
 
 HERE = Path(__file__).parent
-SOURCES = ("izhikevich.h", "izhikevich_loops.h", "izhikevich_interface.h", "izhikevich_direct.h", "izhikevich_ffi.cc")
+SOURCES = ("izhikevich.h", "izhikevich_loops.h", "izhikevich_threads.h", "izhikevich_interface.h", "izhikevich_direct.h",
+           "izhikevich_memory.h", "izhikevich_ffi.cc")
 MAIN_SOURCE = "izhikevich_ffi.cc"  # includes the rest: one translation unit (FFI handlers and C entry points)
 FLAGS = ("-std=c++17", "-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-shared", "-fPIC",
-         "-fvisibility=hidden")
+         "-fvisibility=hidden", "-pthread")
 COMPILE_TIMEOUT_S = 600
 REASONS = ("compiler", "cache", "build")  # Unavailable.reason
 MAX_RECORD_BYTES = 1 << 16

@@ -29,14 +29,24 @@ PARAMETERS = IzhikevichParams._fields
 
 #: The operands of a forward call, in order.
 FORWARD_OPERANDS = ("current", "v0", "u0", *PARAMETERS, "n_steps")
+#: What a forward keeps for its reverse pass (the ``residuals`` attribute; codes are positions):
+#: ``final_state``: nothing (inference); ``state_traces``: v and u after every step (u: every ``every``
+#: steps when ``every > 0``) and the spikes; ``raw_trace``: the unclipped membrane ``raw`` of every step
+#: (``v* = clip(raw)``; the reverse derives the pre-step v and the spike from it) and u every ``every``
+#: steps; ``checkpoints``: v and u every ``every`` steps (the reverse recomputes the steps in between).
+RESIDUALS = ("final_state", "state_traces", "raw_trace", "checkpoints")
 #: Its results: spikes (dtype or bool), x and mem (``[t_buf, m]`` or empty: not asked for), v and u
-#: (traces ``[t_buf, m]``, or the final state ``[m]``), u every ``every`` steps (or empty).
-FORWARD_RESULTS = ("spikes", "x", "v", "u", "mem", "u_checkpoints")
-#: The operands of a reverse call: the forward's, its spikes and state traces (``u``: or its recovery
-#: checkpoints), the cotangents of x, v, u, the spikes and mem (each empty, periodic, or per step), and
-#: dL/du of the final u (with checkpoints).
+#: (traces ``[t_buf, m]`` with ``state_traces``, else the final state ``[m]``; u is final whenever it has
+#: checkpoints), then ``raw`` ``[t_buf, m]`` and the checkpoints ``[ceil(t_buf/every), m]`` of the
+#: residuals mode (every other one empty), and ``u_clipped`` (``raw_trace``, optional: one element, 1 when
+#: the clip bounded any u', else 0; without it, and at 0, the euler reverse loop need not recompute u).
+FORWARD_RESULTS = ("spikes", "x", "v", "u", "mem", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")
+#: The operands of a reverse call: the forward's, what it kept (as its results; exactly those of the
+#: mode, the others empty), the cotangents of x, v, u, the spikes and mem (each empty, periodic, or per
+#: step; v's and u's only where they are traces), and those of the final v and u (where they are not).
 COTANGENTS = ("g_x", "g_v", "g_u", "g_spikes", "g_mem")
-REVERSE_OPERANDS = ("current", "v0", "u0", *PARAMETERS, "spikes", "v", "u", *COTANGENTS, "g_u_final", "n_steps")
+REVERSE_OPERANDS = ("current", "v0", "u0", *PARAMETERS, "spikes", "v", "u", "raw", "v_checkpoints", "u_checkpoints",
+                    "u_clipped", *COTANGENTS, "g_v_final", "g_u_final", "n_steps")
 #: Its results: dL/dI ``[t_buf, m]``, then the initial state's and the parameters' gradients ``[m]``
 #: (per neuron; empty: not wanted).
 REVERSE_RESULTS = ("g_current", "g_v0", "g_u0", *(f"g_{name}" for name in PARAMETERS))
@@ -46,17 +56,18 @@ SURROGATES = ("none", "atan", "fast_sigmoid", "sigmoid")
 DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 
 #: The scalars of a call, in the order of the C struct ``izh::Attributes``. The FFI handlers derive
-#: ``dtype``, ``t_buf``, ``m`` and ``spikes_bool`` from their buffers and take the others by name.
+#: ``dtype``, ``t_buf``, ``m`` and ``spikes_bool`` from their buffers and take the others by name, except
+#: ``threads`` (the direct calls' thread limit, 0: every core; the FFI handlers run on XLA's pool).
 ATTRIBUTES = (("dtype", ctypes.c_int64), ("t_buf", ctypes.c_int64), ("m", ctypes.c_int64), ("dt", ctypes.c_double),
               ("scheme", ctypes.c_int64), ("surrogate", ctypes.c_int64), ("surrogate_param", ctypes.c_double),
-              ("trace_state", ctypes.c_int64), ("every", ctypes.c_int64), ("per_step", ctypes.c_int64),
-              ("spikes_bool", ctypes.c_int64))
-FFI_DERIVED_ATTRIBUTES = ("dtype", "t_buf", "m", "spikes_bool")
-FORWARD_FFI_ATTRIBUTES = ("dt", "scheme", "trace_state", "every")
-REVERSE_FFI_ATTRIBUTES = ("dt", "scheme", "surrogate", "surrogate_param", "every", "per_step")
+              ("residuals", ctypes.c_int64), ("every", ctypes.c_int64), ("per_step", ctypes.c_int64),
+              ("spikes_bool", ctypes.c_int64), ("threads", ctypes.c_int64))
+FFI_DERIVED_ATTRIBUTES = ("dtype", "t_buf", "m", "spikes_bool", "threads")
+FORWARD_FFI_ATTRIBUTES = ("dt", "scheme", "residuals", "every")
+REVERSE_FFI_ATTRIBUTES = ("dt", "scheme", "surrogate", "surrogate_param", "residuals", "every", "per_step")
 
-#: Neuron-steps below which a call runs on the calling thread alone. The direct entry points always do,
-#: so a caller that wants results bit-identical to the FFI handlers' uses them only below this size.
+#: Neuron-steps below which a call runs on the calling thread alone; larger calls share their blocks of
+#: neurons among threads (results are the same bits whatever the thread count: blocks are independent).
 PARALLEL_WORK = 1 << 18
 
 FORWARD_TARGET = "spark_torch_izhikevich_fwd"
@@ -72,7 +83,7 @@ def description() -> str:
     """The tables above in the library's format (``InterfaceDescription()`` in ``izhikevich_interface.h``)."""
     tables = (("forward_operands", FORWARD_OPERANDS), ("forward_results", FORWARD_RESULTS),
               ("reverse_operands", REVERSE_OPERANDS), ("reverse_results", REVERSE_RESULTS), ("schemes", SCHEMES),
-              ("surrogates", SURROGATES), ("dtypes", tuple(d.name for d in DTYPES)))
+              ("surrogates", SURROGATES), ("dtypes", tuple(d.name for d in DTYPES)), ("residuals", RESIDUALS))
     fields = ",".join(f"{name}:{_C_TYPE_NAMES[kind]}" for name, kind in ATTRIBUTES)
     return "".join(f"{label}:{','.join(names)};" for label, names in tables) + \
         f"attributes:{fields};parallel_work:{PARALLEL_WORK}"
@@ -135,6 +146,13 @@ def dtype_code(dtype) -> int:
         return DTYPES.index(np.dtype(dtype))
     except (TypeError, ValueError):
         raise TypeError(f"the native kernel computes in {[d.name for d in DTYPES]}; got dtype {dtype}") from None
+
+
+def residuals_code(residuals: str) -> int:
+    """The code of a residuals mode (:data:`RESIDUALS`)."""
+    if residuals not in RESIDUALS:
+        raise ValueError(f"`residuals` (={residuals!r}) must be one of {RESIDUALS}")
+    return RESIDUALS.index(residuals)
 
 
 def scheme_code(scheme: str) -> int:

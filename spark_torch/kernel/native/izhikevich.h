@@ -113,23 +113,29 @@ struct Neurons {
 
 // Forward step for n neurons: reads the pre-step state (v_in, u_in), writes the post-step state to
 // (v_out, u_out) (the same arrays to advance in place, or the next trace rows), the 0/1 spike, and
-// x and mem when asked for (kX, kMem).
-template <typename T, int kScheme, bool kX, bool kMem>
-inline void ForwardStep(int64_t n, const T* current, const Neurons<T>& q, const T* v_in, const T* u_in, T* v_out,
-                        T* u_out, T* spike, T* x, T* mem, const Constants<T>& k) {
+// x, mem and the unclipped membrane `raw` (v* = Clip(raw), see Integrate) when asked for (kX, kMem, kRaw).
+// With kRaw, returns whether the clip bounded any u' (whose reverse then needs u), else false.
+template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
+inline bool ForwardStep(int64_t n, const T* current, const Neurons<T>& q, const T* v_in, const T* u_in, T* v_out,
+                        T* u_out, T* spike, T* x, T* mem, T* raw, const Constants<T>& k) {
   const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
   const T *dt_a = q.dt_a, *den = q.den, *scale = q.scale;
+  int clipped = 0;
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
     const Integrated<T> s = Integrate<T, kScheme>(v_in[j], u_in[j], res[j] * current[j], dt_a[j], b[j], k);
     const bool fired = s.v_star >= vpk[j];
     spike[j] = fired ? T(1) : T(0);
     if constexpr (kX) x[j] = (s.v_star - vpk[j]) / den[j];
+    if constexpr (kRaw) raw[j] = s.raw;
     const T v_next = fired ? c[j] : s.v_star;
     v_out[j] = v_next;
-    u_out[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
+    const T u_next = fired ? s.u_star + d[j] : s.u_star;
+    if constexpr (kRaw) clipped |= (u_next > T(kVLimit)) | (u_next < T(-kVLimit));
+    u_out[j] = Clip(u_next);
     if constexpr (kMem) mem[j] = (v_next - vr[j]) * scale[j];
   }
+  return clipped != 0;
 }
 
 // The forward's u update of one step with its recorded spike: u_next from the pre-step (v, u).
@@ -144,10 +150,55 @@ inline void RecomputeRecovery(int64_t n, const T* current, const Neurons<T>& q, 
   }
 }
 
+// One forward step again from a kept pre-step state (v, u): the unclipped membrane raw_out and the
+// post-step state (v_next, u_next), with the forward's arithmetic (bit-identical).
+template <typename T, int kScheme>
+inline void RecomputeStep(int64_t n, const T* current, const Neurons<T>& q, const T* v, const T* u, T* raw_out,
+                          T* v_next, T* u_next, const Constants<T>& k) {
+  const T *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD], *dt_a = q.dt_a;
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], dt_a[j], b[j], k);
+    const bool fired = s.v_star >= vpk[j];
+    raw_out[j] = s.raw;
+    v_next[j] = fired ? c[j] : s.v_star;
+    u_next[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
+  }
+}
+
+// The post-step membrane from a step's unclipped membrane alone: v' = s ? c : v*, v* = Clip(raw).
+template <typename T>
+inline void MembraneAfter(int64_t n, const Neurons<T>& q, const T* raw, T* v_next) {
+  const T *c = q.p[kC], *vpk = q.p[kVpk];
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const T v_star = Clip(raw[j]);
+    v_next[j] = v_star >= vpk[j] ? c[j] : v_star;
+  }
+}
+
+// The post-step state from the pre-step state and the step's kept unclipped membrane, without the input:
+// u* = u + dt*a*(b*w - u) reads w = v (euler) or w = v* (izhikevich2003), and v* = Clip(raw) decides the
+// spike. The forward's arithmetic (bit-identical).
+template <typename T, int kScheme>
+inline void StateAfter(int64_t n, const Neurons<T>& q, const T* v, const T* u, const T* raw, T* v_next, T* u_next) {
+  const T *c = q.p[kC], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD], *dt_a = q.dt_a;
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const T v_star = Clip(raw[j]);
+    const bool fired = v_star >= vpk[j];
+    const T w = kScheme == kEuler ? v[j] : v_star;
+    const T u_star = u[j] + dt_a[j] * (b[j] * w - u[j]);
+    v_next[j] = fired ? c[j] : v_star;
+    u_next[j] = Clip(fired ? u_star + d[j] : u_star);
+  }
+}
+
 // What the reverse step of one time step reads and writes, for one block of neurons.
 template <typename T>
 struct ReverseRow {
-  const T *v, *u, *current, *spike;               // pre-step state, input, recorded 0/1 spike
+  const T *v, *u, *current, *spike;               // pre-step state, input, recorded 0/1 spike (kRaw: unused)
+  const T* raw;                                   // the step's unclipped membrane (kRaw only)
   const T *g_x, *g_v, *g_u, *g_spikes, *g_mem;    // cotangents of the step's x, v', u', spike, mem
   T* g_current;                                   // out: dL/dI of the step
 };
@@ -155,8 +206,10 @@ struct ReverseRow {
 // Reverse step: carries (g_v, g_u) = dL/d(v', u') in, dL/d(v, u) out; writes dL/dI. With kExtra,
 // adds every parameter's gradient to acc[k] and applies the mem cotangent (else g_mem is unused).
 // The spike is held constant (as the forward's detached reset); the fused surrogate turns the
-// spike's cotangent into dL/dx.
-template <typename T, int kScheme, int kSurrogate, bool kExtra>
+// spike's cotangent into dL/dx. With kRaw the step's unclipped membrane is given: the spike is
+// Clip(raw) >= v_pk, as the forward decided it, and euler needs neither the input nor a re-integration
+// (unless kExtra: the resistance's gradient reads the input); izhikevich2003 re-integrates its half step.
+template <typename T, int kScheme, int kSurrogate, bool kExtra, bool kRaw>
 inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* carry_v, T* carry_u,
                         T* const* acc, const Constants<T>& k) {
   const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
@@ -164,9 +217,17 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q
   const ReverseRow<T> r = row;  // a local copy: the loop's stores cannot alias its pointers
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
-    const T v = r.v[j], u = r.u[j], current = r.current[j], den = dens[j];
-    const Integrated<T> s = Integrate<T, kScheme>(v, u, res[j] * current, dt_a[j], b[j], k);
-    const bool fired = r.spike[j] != T(0);
+    const T v = r.v[j], u = r.u[j], den = dens[j];
+    Integrated<T> s;
+    if constexpr (kRaw && kScheme == kEuler) {  // Integrate's euler values, raw as the forward computed it
+      s.raw_half = s.v_half = T(0);
+      s.raw = r.raw[j];
+      s.v_star = Clip(s.raw);
+      s.u_star = u + dt_a[j] * (b[j] * v - u);
+    } else {
+      s = Integrate<T, kScheme>(v, u, res[j] * r.current[j], dt_a[j], b[j], k);
+    }
+    const bool fired = kRaw ? s.v_star >= vpk[j] : r.spike[j] != T(0);
     const T num_x = s.v_star - vpk[j];
     T g_x = r.g_x[j];
     if constexpr (kSurrogate != kNoSurrogate) g_x = g_x + r.g_spikes[j] * Derivative<T, kSurrogate>(num_x / den, k);
@@ -206,10 +267,41 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q
       g_v = g_raw_half + g_f1 * (T(0.08) * v + T(5.0));
       g_drive_sum = g_f2 + g_f1;
     }
-    if constexpr (kExtra) acc[kR][j] += g_drive_sum * current;
+    if constexpr (kExtra) acc[kR][j] += g_drive_sum * r.current[j];
     carry_v[j] = g_v;
     carry_u[j] = g_u - g_drive_sum;
     r.g_current[j] = g_drive_sum * res[j];
+  }
+}
+
+// ReverseStep for euler from the kept unclipped membrane, without u: for a run in which the forward's clip
+// never bounded u' (then dClip/du' = 1) and no parameter gradient is wanted (kExtra false), u enters no
+// value ReverseStep computes. The same operations in the same order, so the same bits; v is the pre-step
+// membrane row (v' of the previous step).
+template <typename T, int kSurrogate>
+inline void ReverseStepEulerUnclipped(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* carry_v, T* carry_u,
+                                      const Constants<T>& k) {
+  const T *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *dt_a = q.dt_a, *dens = q.den;
+  const ReverseRow<T> r = row;
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) {
+    const T v = r.v[j], den = dens[j], raw = r.raw[j];
+    const T v_star = Clip(raw);
+    const bool fired = v_star >= vpk[j];
+    const T num_x = v_star - vpk[j];
+    T g_x = r.g_x[j];
+    if constexpr (kSurrogate != kNoSurrogate) g_x = g_x + r.g_spikes[j] * Derivative<T, kSurrogate>(num_x / den, k);
+    const T g_v_next = carry_v[j] + r.g_v[j];
+    const T g_u_star = carry_u[j] + r.g_u[j];
+    const T g_num_x = g_x / den;
+    const T g_v_star = g_num_x + (fired ? T(0) : g_v_next);
+    const T h = g_u_star * dt_a[j];
+    const T g_u = g_u_star - h;
+    const T g_raw = ClipGrad(raw, g_v_star);
+    const T g_f = g_raw * k.dt;
+    carry_v[j] = g_raw + g_f * (T(0.08) * v + T(5.0)) + h * b[j];
+    carry_u[j] = g_u - g_f;
+    r.g_current[j] = g_f * res[j];
   }
 }
 

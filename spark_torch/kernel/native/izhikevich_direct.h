@@ -2,9 +2,9 @@
 // (the torch layer's direct executor, through ctypes): the same checks and loops as the XLA FFI
 // handlers of izhikevich_ffi.cc (izhikevich_interface.h), without XLA's runtime around them.
 //
-// Every block runs on the calling thread, in order: the caller uses this path only for problems that
-// the FFI handlers run on one thread too (below kParallelWork neuron-steps), so that results are
-// bit-identical to theirs.
+// Small calls (below kParallelWork neuron-steps) run on the calling thread; larger ones share their
+// blocks between it and the WorkerPool's threads (at most `attributes.threads` in all; 0: every core).
+// Blocks are independent, so results are bit-identical to the FFI handlers' whatever the thread count.
 //
 // Return value: 0, or 1 when an operand breaks the interface's rules; then nothing is written and
 // `error` (when not null) holds a message of at most error_size - 1 characters.
@@ -27,10 +27,15 @@
 namespace izh {
 namespace direct {
 
-struct OnThisThread {
+// ForEachBlock on the calling thread and the WorkerPool, with at most `max_threads` threads (0: every core).
+struct OnWorkers {
+  int64_t max_threads;
   template <typename T>
   auto For() const {
-    return [](int64_t m, int64_t, size_t scratch_size, auto block) { ForEachBlockOnThisThread<T>(m, scratch_size, block); };
+    return [max_threads = max_threads](int64_t m, int64_t n_steps, size_t scratch_size, auto block) {
+      if (max_threads == 1 || n_steps * m < kParallelWork) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
+      ForEachBlock<T>(WorkerPool::Get(), max_threads > 0 ? max_threads : Cores(), m, n_steps, scratch_size, block);
+    };
   }
 };
 
@@ -66,7 +71,7 @@ IZH_EXPORT int SparkTorchIzhikevichForwardDirect(const izh::Attributes* attribut
                                                  char* error, int64_t error_size) {
   izh::Status status = izh::direct::CheckCounts(attributes, n_operands, izh::kNumForwardOperands, n_results,
                                                 izh::kNumForwardResults);
-  if (status.empty()) status = izh::CallForward(*attributes, operands, results, izh::direct::OnThisThread{});
+  if (status.empty()) status = izh::CallForward(*attributes, operands, results, izh::direct::OnWorkers{attributes->threads});
   return izh::direct::Report(status, error, error_size);
 }
 
@@ -75,7 +80,7 @@ IZH_EXPORT int SparkTorchIzhikevichReverseDirect(const izh::Attributes* attribut
                                                  char* error, int64_t error_size) {
   izh::Status status = izh::direct::CheckCounts(attributes, n_operands, izh::kNumReverseOperands, n_results,
                                                 izh::kNumReverseResults);
-  if (status.empty()) status = izh::CallReverse(*attributes, operands, results, izh::direct::OnThisThread{});
+  if (status.empty()) status = izh::CallReverse(*attributes, operands, results, izh::direct::OnWorkers{attributes->threads});
   return izh::direct::Report(status, error, error_size);
 }
 

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "izhikevich_interface.h"
+#include "izhikevich_threads.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
@@ -27,61 +28,13 @@ namespace ffi = xla::ffi;
 namespace izh {
 namespace {
 
-// Runs block(j0, n, scratch) for every block of neurons. Workers (the calling thread and up to one
-// pool task per further core) claim runs of `grain` blocks from a shared counter, so a task that
-// starts late or is preempted just takes fewer runs; the caller waits only for runs already claimed.
-template <typename T, typename Block>
-void ForEachBlock(ffi::ThreadPool& pool, int64_t m, int64_t n_steps, size_t scratch_size, Block block) {
-  const int64_t n_blocks = (m + kBlock<T> - 1) / kBlock<T>;
-  static const int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());  // a syscall: once
-  const int64_t n_workers = n_steps * m < kParallelWork
-                                ? 1
-                                : std::min({n_blocks, cores, std::max<int64_t>(1, pool.num_threads())});
-  const int64_t grain = std::max<int64_t>(1, n_blocks / (8 * n_workers));  // ~8 runs per worker
-  const int64_t n_runs = (n_blocks + grain - 1) / grain;
-  auto run = [&](int64_t i, T* scratch) {
-    for (int64_t b = i * grain; b < std::min((i + 1) * grain, n_blocks); ++b) {
-      const int64_t j0 = b * kBlock<T>;
-      block(j0, std::min(kBlock<T>, m - j0), scratch);
-    }
-  };
-  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
-  struct Shared {
-    std::atomic<int64_t> next{0}, done{0};
-    std::mutex mutex;
-    std::condition_variable all_done;
-  };
-  auto shared = std::make_shared<Shared>();  // outlives this call for tasks that start after it
-  auto work = [shared, n_runs, scratch_size, run_ptr = &run]() {
-    std::unique_ptr<Scratch<T>> scratch;  // allocated once this task has claimed a run
-    for (int64_t i; (i = shared->next.fetch_add(1, std::memory_order_relaxed)) < n_runs;) {
-      if (!scratch) scratch = std::make_unique<Scratch<T>>(scratch_size);
-      (*run_ptr)(i, scratch->data());
-      if (shared->done.fetch_add(1, std::memory_order_acq_rel) + 1 == n_runs) {
-        std::lock_guard<std::mutex> lock(shared->mutex);
-        shared->all_done.notify_all();
-      }
-    }
-  };
-  for (int64_t i = 1; i < n_workers; ++i) pool.Schedule(decltype(work)(work));
-  work();
-  // Runs claimed by other tasks are still going: spin briefly, then sleep, which frees this core for
-  // them when the machine is oversubscribed (a spinning caller would hold it).
-  auto finished = [&] { return shared->done.load(std::memory_order_acquire) == n_runs; };
-  for (int spin = 0; spin < 1000 && !finished(); ++spin) std::this_thread::yield();
-  if (!finished()) {
-    std::unique_lock<std::mutex> lock(shared->mutex);
-    shared->all_done.wait(lock, finished);
-  }
-}
-
 // ForEachBlock on XLA's intra-op thread pool.
 struct OnPool {
   ffi::ThreadPool* pool;
   template <typename T>
   auto For() const {
     return [pool = pool](int64_t m, int64_t n_steps, size_t scratch_size, auto block) {
-      ForEachBlock<T>(*pool, m, n_steps, scratch_size, block);
+      ForEachBlock<T>(*pool, std::max<int64_t>(1, pool->num_threads()), m, n_steps, scratch_size, block);
     };
   }
 };
@@ -139,12 +92,12 @@ ffi::Error ToError(const Status& status) {
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, double dt,
-                       int64_t scheme, int64_t trace_state, int64_t every) {
+                       int64_t scheme, int64_t residuals, int64_t every) {
   auto current = args.get<ffi::AnyBuffer>(kFwdCurrent);
   if (current.has_error()) return current.error();
   Attributes a{};
   if (ffi::Error error = TimeShape(current.value(), a); error.failure()) return error;
-  a.dt = dt, a.scheme = scheme, a.trace_state = trace_state, a.every = every;
+  a.dt = dt, a.scheme = scheme, a.residuals = residuals, a.every = every;
   const ffi::DataType dtype = current.value().element_type();
   View in[kNumForwardOperands], out[kNumForwardResults];
   bool spikes_bool = false;
@@ -161,12 +114,14 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remai
 }
 
 ffi::Error ReverseImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::RemainingRets rets, double dt,
-                       int64_t scheme, int64_t surrogate, double surrogate_param, int64_t every, int64_t per_step) {
+                       int64_t scheme, int64_t surrogate, double surrogate_param, int64_t residuals, int64_t every,
+                       int64_t per_step) {
   auto current = args.get<ffi::AnyBuffer>(kRevCurrent);
   if (current.has_error()) return current.error();
   Attributes a{};
   if (ffi::Error error = TimeShape(current.value(), a); error.failure()) return error;
-  a.dt = dt, a.scheme = scheme, a.surrogate = surrogate, a.surrogate_param = surrogate_param, a.every = every;
+  a.dt = dt, a.scheme = scheme, a.surrogate = surrogate, a.surrogate_param = surrogate_param;
+  a.residuals = residuals, a.every = every;
   a.per_step = per_step;
   const ffi::DataType dtype = current.value().element_type();
   View in[kNumReverseOperands], out[kNumReverseResults];
@@ -191,6 +146,7 @@ ffi::Error ReverseImpl(ffi::ThreadPool pool, ffi::RemainingArgs args, ffi::Remai
 // symbols (it is built with -fvisibility=hidden).
 #define IZH_EXPORT extern "C" __attribute__((visibility("default")))
 #include "izhikevich_direct.h"
+#include "izhikevich_memory.h"
 
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichForward(XLA_FFI_CallFrame* call_frame);
 IZH_EXPORT XLA_FFI_Error* SparkTorchIzhikevichReverse(XLA_FFI_CallFrame* call_frame);
@@ -202,7 +158,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparkTorchIzhikevichForward, izh::ForwardImpl,
                                   .RemainingRets()
                                   .Attr<double>("dt")
                                   .Attr<int64_t>("scheme")
-                                  .Attr<int64_t>("trace_state")
+                                  .Attr<int64_t>("residuals")
                                   .Attr<int64_t>("every"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(SparkTorchIzhikevichReverse, izh::ReverseImpl,
@@ -214,5 +170,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(SparkTorchIzhikevichReverse, izh::ReverseImpl,
                                   .Attr<int64_t>("scheme")
                                   .Attr<int64_t>("surrogate")
                                   .Attr<double>("surrogate_param")
+                                  .Attr<int64_t>("residuals")
                                   .Attr<int64_t>("every")
                                   .Attr<int64_t>("per_step"));

@@ -18,12 +18,9 @@
 #include <sys/mman.h>
 #endif
 
-#include "izhikevich_loops.h"
+#include "izhikevich_threads.h"
 
 namespace izh {
-
-// Neuron-steps below which a call runs on the calling thread alone.
-constexpr int64_t kParallelWork = int64_t{1} << 18;
 
 enum DType : int { kFloat32 = 0, kFloat64 = 1 };
 
@@ -31,20 +28,27 @@ enum DType : int { kFloat32 = 0, kFloat64 = 1 };
 // the number of steps to run (an int32 scalar; the rest of a longer buffer is left zero).
 enum ForwardOperand : int { kFwdCurrent = 0, kFwdV0, kFwdU0, kFwdParams, kFwdSteps = kFwdParams + kNumParams,
                             kNumForwardOperands };
-enum ForwardResult : int { kSpikes = 0, kX, kV, kU, kMem, kCheckpoints, kNumForwardResults };
-// Operands of the reverse call: the forward's operands, its spikes and state traces (or recovery
-// checkpoints), the cotangents of x, v, u, the spikes and mem, dL/du of the final u (with checkpoints).
+// Results: the spikes, x and mem ([t_buf, m]; x, mem may be empty: not asked for), v and u (traces or the
+// final state), and the residuals of the attributes' `residuals` mode (Residuals; the others empty);
+// u_clipped (raw_trace, optional: one element) is set to 1 when the clip bounded any u', else 0.
+enum ForwardResult : int { kSpikes = 0, kX, kV, kU, kMem, kRawMembrane, kVCheckpoints, kUCheckpoints, kUClipped,
+                           kNumForwardResults };
+// Operands of the reverse call: the forward's operands, what it kept (Residuals: spikes and state traces,
+// the raw membrane trace, checkpoints), the cotangents of x, v, u, the spikes and mem, and those of the
+// final v and u (where the forward returned the final state only).
 enum ReverseOperand : int { kRevCurrent = 0, kRevV0, kRevU0, kRevParams, kRevSpikes = kRevParams + kNumParams,
-                            kRevV, kRevU, kRevGX, kRevGV, kRevGU, kRevGSpikes, kRevGMem, kRevGUFinal, kRevSteps,
-                            kNumReverseOperands };
+                            kRevV, kRevU, kRevRaw, kRevVCheckpoints, kRevUCheckpoints, kRevUClipped, kRevGX, kRevGV, kRevGU,
+                            kRevGSpikes, kRevGMem, kRevGVFinal, kRevGUFinal, kRevSteps, kNumReverseOperands };
 enum ReverseResult : int { kGCurrent = 0, kGV0, kGU0, kGParams, kNumReverseResults = kGParams + kNumParams };
 
 #define IZH_PARAM_NAMES "potential_rest", "potential_reset", "resistance", "threshold", "recovery_timescale", \
                         "recovery_sensitivity", "recovery_update"
 constexpr const char* kForwardOperandNames[] = {"current", "v0", "u0", IZH_PARAM_NAMES, "n_steps"};
-constexpr const char* kForwardResultNames[] = {"spikes", "x", "v", "u", "mem", "u_checkpoints"};
-constexpr const char* kReverseOperandNames[] = {"current", "v0", "u0", IZH_PARAM_NAMES, "spikes", "v", "u", "g_x",
-                                                "g_v", "g_u", "g_spikes", "g_mem", "g_u_final", "n_steps"};
+constexpr const char* kForwardResultNames[] = {"spikes", "x", "v", "u", "mem", "raw", "v_checkpoints",
+                                               "u_checkpoints", "u_clipped"};
+constexpr const char* kReverseOperandNames[] = {"current", "v0", "u0", IZH_PARAM_NAMES, "spikes", "v", "u", "raw",
+                                                "v_checkpoints", "u_checkpoints", "u_clipped", "g_x", "g_v", "g_u", "g_spikes",
+                                                "g_mem", "g_v_final", "g_u_final", "n_steps"};
 constexpr const char* kReverseResultNames[] = {"g_current", "g_v0", "g_u0", "g_potential_rest", "g_potential_reset",
                                                "g_resistance", "g_threshold", "g_recovery_timescale",
                                                "g_recovery_sensitivity", "g_recovery_update"};
@@ -52,6 +56,7 @@ constexpr const char* kReverseResultNames[] = {"g_current", "g_v0", "g_u0", "g_p
 constexpr const char* kSchemeNames[] = {"euler", "izhikevich2003"};
 constexpr const char* kSurrogateNames[] = {"none", "atan", "fast_sigmoid", "sigmoid"};
 constexpr const char* kDTypeNames[] = {"float32", "float64"};
+constexpr const char* kResidualNames[] = {"final_state", "state_traces", "raw_trace", "checkpoints"};
 static_assert(sizeof(kForwardOperandNames) / sizeof(char*) == kNumForwardOperands);
 static_assert(sizeof(kForwardResultNames) / sizeof(char*) == kNumForwardResults);
 static_assert(sizeof(kReverseOperandNames) / sizeof(char*) == kNumReverseOperands);
@@ -73,13 +78,14 @@ struct Attributes {
   int64_t scheme;           // Scheme
   int64_t surrogate;        // Surrogate fused into the reverse loop (kNoSurrogate: none)
   double surrogate_param;   // its parameter
-  int64_t trace_state;      // forward: write v and u for every step (else the final state only)
-  int64_t every;            // recovery checkpoint interval (0: u traced for every step)
+  int64_t residuals;        // Residuals: what the forward keeps for the reverse, which reads the same
+  int64_t every;            // checkpoint interval in steps (kStateTraces: 0 = u traced; kRawTrace, kCheckpoints: >= 1)
   int64_t per_step;         // reverse: bit i set when cotangent i (x, v, u, spikes, mem) has a row per step
   int64_t spikes_bool;      // spikes are uint8 0/1 (else of dtype)
+  int64_t threads;          // direct calls: most threads to run blocks on (0: every core); the FFI uses XLA's pool
 };
 #define IZH_ATTRIBUTE_FIELDS "dtype:i64,t_buf:i64,m:i64,dt:f64,scheme:i64,surrogate:i64,surrogate_param:f64," \
-                             "trace_state:i64,every:i64,per_step:i64,spikes_bool:i64"
+                             "residuals:i64,every:i64,per_step:i64,spikes_bool:i64,threads:i64"
 
 inline void AppendNames(std::string& out, const char* label, const char* const* names, int count) {
   out += label;
@@ -97,6 +103,7 @@ inline std::string InterfaceDescription() {
   AppendNames(out, "schemes", kSchemeNames, 2);
   AppendNames(out, "surrogates", kSurrogateNames, 4);
   AppendNames(out, "dtypes", kDTypeNames, 2);
+  AppendNames(out, "residuals", kResidualNames, 4);
   out += "attributes:" IZH_ATTRIBUTE_FIELDS ";parallel_work:" + std::to_string(kParallelWork);
   return out;
 }
@@ -115,7 +122,13 @@ inline Status CheckCall(const Attributes& a) {
   if (a.surrogate < kNoSurrogate || a.surrogate > kSigmoid) {
     return Status("`surrogate` code " + std::to_string(a.surrogate) + " is not in 0..3");
   }
+  if (a.residuals < kFinalState || a.residuals > kCheckpoints) {
+    return Status("`residuals` code " + std::to_string(a.residuals) + " is not in 0..3");
+  }
   if (a.every < 0 || a.per_step < 0 || a.per_step > 31) return Status("`every` or `per_step` out of range");
+  if ((a.residuals == kRawTrace || a.residuals == kCheckpoints) && a.every < 1) {
+    return Status(std::string("`every` must be at least 1 with residuals ") + kResidualNames[a.residuals]);
+  }
   return Status{};
 }
 
@@ -171,23 +184,76 @@ Status MakeForward(const Attributes& a, const View* in, const View* out, Forward
   IZH_CHECK(CheckCount(in[kFwdCurrent], rows, "current"));
   IZH_CHECK(CheckCount(in[kFwdSteps], 1, "n_steps"));
   f = Forward<T>{};
-  f.m = a.m, f.n_steps = StepCount(in[kFwdSteps], a.t_buf), f.trace_state = a.trace_state != 0;
-  f.every = f.trace_state ? a.every : 0;
+  f.m = a.m, f.n_steps = StepCount(in[kFwdSteps], a.t_buf), f.residuals = a.residuals;
+  f.every = a.residuals == kFinalState ? 0 : a.every;
   f.k = MakeConstants<T>(a.dt, kNoSurrogate, 0.0);
   f.current = static_cast<const T*>(in[kFwdCurrent].data);
   IZH_CHECK(DecodeModel<T>(in, a.m, f.v0, f.u0, f.params, kForwardOperandNames));
-  const int64_t final_or_rows = f.trace_state ? rows : a.m;
-  const int64_t n_checkpoints = f.every ? (a.t_buf + f.every - 1) / f.every : 0;
+  const bool traced = a.residuals == kStateTraces;
+  const int64_t checkpoint_rows = f.every ? (a.t_buf + f.every - 1) / f.every * a.m : 0;
   IZH_CHECK(CheckCount(out[kSpikes], rows, "spikes"));
   IZH_CHECK(CheckCount(out[kX], rows, "x", true));
-  IZH_CHECK(CheckCount(out[kV], final_or_rows, "v"));
-  IZH_CHECK(CheckCount(out[kU], f.every ? a.m : final_or_rows, "u"));
+  IZH_CHECK(CheckCount(out[kV], traced ? rows : a.m, "v"));
+  IZH_CHECK(CheckCount(out[kU], traced && !f.every ? rows : a.m, "u"));
   IZH_CHECK(CheckCount(out[kMem], rows, "mem", true));
-  IZH_CHECK(CheckCount(out[kCheckpoints], n_checkpoints * a.m, "u_checkpoints", !f.every));
+  IZH_CHECK(CheckCount(out[kRawMembrane], a.residuals == kRawTrace ? rows : 0, "raw"));
+  IZH_CHECK(CheckCount(out[kVCheckpoints], a.residuals == kCheckpoints ? checkpoint_rows : 0, "v_checkpoints"));
+  IZH_CHECK(CheckCount(out[kUCheckpoints], checkpoint_rows, "u_checkpoints"));
+  IZH_CHECK(CheckCount(out[kUClipped], a.residuals == kRawTrace ? 1 : 0, "u_clipped", a.residuals == kRawTrace));
   f.spikes = a.spikes_bool ? nullptr : static_cast<T*>(out[kSpikes].data);
   f.spikes_bool = a.spikes_bool ? static_cast<uint8_t*>(out[kSpikes].data) : nullptr;
   auto data = [&](int i) { return out[i].count ? static_cast<T*>(out[i].data) : nullptr; };
-  f.x = data(kX), f.v = data(kV), f.u = data(kU), f.mem = data(kMem), f.checkpoints = data(kCheckpoints);
+  f.x = data(kX), f.v = data(kV), f.u = data(kU), f.mem = data(kMem), f.raw = data(kRawMembrane);
+  f.v_checkpoints = data(kVCheckpoints), f.u_checkpoints = data(kUCheckpoints), f.u_clipped = data(kUClipped);
+  return Status{};
+}
+
+// The forward's residuals a reverse call reads: exactly those of its mode, every other one empty.
+template <typename T>
+Status DecodeResiduals(const Attributes& a, const View* in, Reverse<T>& r) {
+  const int64_t rows = a.t_buf * a.m, mode = a.residuals;
+  const int64_t checkpoint_rows = a.every ? (a.t_buf + a.every - 1) / a.every * a.m : 0;
+  if (mode == kFinalState) return Status("`residuals` final_state keeps nothing to run a reverse pass from");
+  IZH_CHECK(CheckCount(in[kRevSpikes], mode == kStateTraces ? rows : 0, "spikes"));
+  IZH_CHECK(CheckCount(in[kRevV], mode == kStateTraces ? rows : 0, "v"));
+  IZH_CHECK(CheckCount(in[kRevU], mode == kStateTraces && !a.every ? rows : 0, "u"));
+  IZH_CHECK(CheckCount(in[kRevRaw], mode == kRawTrace ? rows : 0, "raw"));
+  IZH_CHECK(CheckCount(in[kRevVCheckpoints], mode == kCheckpoints ? checkpoint_rows : 0, "v_checkpoints"));
+  IZH_CHECK(CheckCount(in[kRevUCheckpoints], checkpoint_rows, "u_checkpoints"));
+  IZH_CHECK(CheckCount(in[kRevUClipped], mode == kRawTrace ? 1 : 0, "u_clipped", mode == kRawTrace));
+  r.spikes = a.spikes_bool ? nullptr : static_cast<const T*>(in[kRevSpikes].data);
+  r.spikes_bool = a.spikes_bool ? static_cast<const uint8_t*>(in[kRevSpikes].data) : nullptr;
+  r.v_trace = static_cast<const T*>(in[kRevV].data);
+  r.u_trace = static_cast<const T*>(in[kRevU].data);
+  r.raw = static_cast<const T*>(in[kRevRaw].data);
+  r.v_checkpoints = static_cast<const T*>(in[kRevVCheckpoints].data);
+  r.u_checkpoints = static_cast<const T*>(in[kRevUCheckpoints].data);
+  r.u_clipped = in[kRevUClipped].count ? static_cast<const T*>(in[kRevUClipped].data) : nullptr;
+  return Status{};
+}
+
+// The cotangents: of x, v, u, the spikes and mem (absent, periodic or per step: `per_step`), and of the final
+// v and u. A state the forward returned as its final value only has a final cotangent, not a per-step one.
+template <typename T>
+Status DecodeCotangents(const Attributes& a, const View* in, Reverse<T>& r) {
+  const bool v_traced = a.residuals == kStateTraces, u_traced = v_traced && !a.every;
+  Cotangent<T>* cotangents[] = {&r.g_x, &r.g_v, &r.g_u, &r.g_spikes, &r.g_mem};
+  for (int i = 0; i < 5; ++i) {
+    const View& view = in[kRevGX + i];
+    const char* name = kReverseOperandNames[kRevGX + i];
+    if ((i == 1 && !v_traced) || (i == 2 && !u_traced)) {
+      IZH_CHECK(CheckCount(view, 0, name));  // that state is not traced: its cotangent is g_*_final
+    } else if (a.per_step >> i & 1) {
+      IZH_CHECK(CheckCount(view, a.t_buf * a.m, name));
+      cotangents[i]->per_step = static_cast<const T*>(view.data);
+    } else {
+      IZH_CHECK(ToPeriodic<T>(view, a.m, name, true, cotangents[i]->constant));
+    }
+  }
+  if (v_traced) IZH_CHECK(CheckCount(in[kRevGVFinal], 0, "g_v_final"));
+  if (u_traced) IZH_CHECK(CheckCount(in[kRevGUFinal], 0, "g_u_final"));
+  IZH_CHECK(ToPeriodic<T>(in[kRevGVFinal], a.m, "g_v_final", true, r.g_v_last));
+  IZH_CHECK(ToPeriodic<T>(in[kRevGUFinal], a.m, "g_u_final", true, r.g_u_last));
   return Status{};
 }
 
@@ -198,30 +264,12 @@ Status MakeReverse(const Attributes& a, const View* in, const View* out, Reverse
   IZH_CHECK(CheckCount(in[kRevCurrent], rows, "current"));
   IZH_CHECK(CheckCount(in[kRevSteps], 1, "n_steps"));
   r = Reverse<T>{};
-  r.m = a.m, r.n_steps = StepCount(in[kRevSteps], a.t_buf), r.every = a.every;
+  r.m = a.m, r.n_steps = StepCount(in[kRevSteps], a.t_buf), r.every = a.every, r.residuals = a.residuals;
   r.k = MakeConstants<T>(a.dt, a.surrogate, a.surrogate_param);
   r.current = static_cast<const T*>(in[kRevCurrent].data);
   IZH_CHECK(DecodeModel<T>(in, a.m, r.v0, r.u0, r.params, kReverseOperandNames));
-  const int64_t n_checkpoints = a.every ? (a.t_buf + a.every - 1) / a.every : 0;
-  IZH_CHECK(CheckCount(in[kRevSpikes], rows, "spikes"));
-  IZH_CHECK(CheckCount(in[kRevV], rows, "v"));
-  IZH_CHECK(CheckCount(in[kRevU], a.every ? n_checkpoints * a.m : rows, a.every ? "u_checkpoints" : "u"));
-  r.spikes = a.spikes_bool ? nullptr : static_cast<const T*>(in[kRevSpikes].data);
-  r.spikes_bool = a.spikes_bool ? static_cast<const uint8_t*>(in[kRevSpikes].data) : nullptr;
-  r.v_trace = static_cast<const T*>(in[kRevV].data);
-  (a.every ? r.checkpoints : r.u_trace) = static_cast<const T*>(in[kRevU].data);
-  Cotangent<T>* cotangents[] = {&r.g_x, &r.g_v, &r.g_u, &r.g_spikes, &r.g_mem};
-  for (int i = 0; i < 5; ++i) {
-    const View& view = in[kRevGX + i];
-    const char* name = kReverseOperandNames[kRevGX + i];
-    if (a.per_step >> i & 1) {
-      IZH_CHECK(CheckCount(view, rows, name));
-      cotangents[i]->per_step = static_cast<const T*>(view.data);
-    } else {
-      IZH_CHECK(ToPeriodic<T>(view, a.m, name, true, cotangents[i]->constant));
-    }
-  }
-  IZH_CHECK(ToPeriodic<T>(in[kRevGUFinal], a.m, "g_u_final", true, r.g_u_last));
+  IZH_CHECK(DecodeResiduals<T>(a, in, r));
+  IZH_CHECK(DecodeCotangents<T>(a, in, r));
   IZH_CHECK(CheckCount(out[kGCurrent], rows, "g_current"));
   r.g_current = static_cast<T*>(out[kGCurrent].data);
   T** state_grads[] = {&r.g_v0, &r.g_u0};
@@ -272,15 +320,19 @@ void RunForward(const Attributes& a, Forward<T>& f, ForEachBlockFn for_each_bloc
   if (f.m == 0) return;
   const int64_t tail = (a.t_buf - f.n_steps) * f.m, done = f.n_steps * f.m;
   if (f.spikes_bool) std::memset(f.spikes_bool + done, 0, tail);
-  for (T* out : {f.spikes, f.x, f.mem, f.trace_state ? f.v : nullptr, f.trace_state && !f.every ? f.u : nullptr}) {
+  const bool traced = f.residuals == kStateTraces;
+  for (T* out : {f.spikes, f.x, f.mem, f.raw, traced ? f.v : nullptr, traced && !f.every ? f.u : nullptr}) {
     Zero(out ? out + done : nullptr, tail);
   }
+  if (f.u_clipped) *f.u_clipped = T(0);  // blocks that bound a u' set it to 1
   if (f.every) {
     const int64_t written = (f.n_steps + f.every - 1) / f.every, total = (a.t_buf + f.every - 1) / f.every;
-    Zero(f.checkpoints + written * f.m, (total - written) * f.m);
+    Zero(f.u_checkpoints + written * f.m, (total - written) * f.m);
+    Zero(f.v_checkpoints ? f.v_checkpoints + written * f.m : nullptr, (total - written) * f.m);
   }
-  const ForwardBlockFn<T> block = a.scheme == kEuler ? SelectForward<T, kEuler>(f.x, f.mem)
-                                                     : SelectForward<T, kIzhikevich2003>(f.x, f.mem);
+  const bool x = f.x != nullptr, mem = f.mem != nullptr, raw = f.raw != nullptr;
+  const ForwardBlockFn<T> block = a.scheme == kEuler ? SelectForward<T, kEuler>(x, mem, raw)
+                                                     : SelectForward<T, kIzhikevich2003>(x, mem, raw);
   for_each_block(f.m, f.n_steps, ForwardScratch<T>(), [&](int64_t j0, int64_t n, T* s) { block(f, j0, n, s); });
 }
 
@@ -291,8 +343,9 @@ void RunReverse(const Attributes& a, Reverse<T>& r, ForEachBlockFn for_each_bloc
   bool extra = r.g_mem.per_step || r.g_mem.constant.period;
   for (int i = 0; i < kNumParams; ++i) extra |= r.g_params[i] != nullptr;
   const int64_t surrogate = (r.g_spikes.per_step || r.g_spikes.constant.period) ? a.surrogate : kNoSurrogate;
-  const ReverseBlockFn<T> block = a.scheme == kEuler ? SelectReverse<T, kEuler>(surrogate, extra)
-                                                     : SelectReverse<T, kIzhikevich2003>(surrogate, extra);
+  const bool raw = r.residuals == kRawTrace || r.residuals == kCheckpoints;
+  const ReverseBlockFn<T> block = a.scheme == kEuler ? SelectReverse<T, kEuler>(surrogate, extra, raw)
+                                                     : SelectReverse<T, kIzhikevich2003>(surrogate, extra, raw);
   for_each_block(r.m, r.n_steps, ReverseScratch<T>(r.every), [&](int64_t j0, int64_t n, T* s) { block(r, j0, n, s); });
 }
 

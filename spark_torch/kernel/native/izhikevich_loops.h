@@ -51,6 +51,18 @@ struct Cotangent {
   const T* per_step = nullptr;
 };
 
+// Asks the caches for a block's row of a time buffer before a step needs it: consecutive rows of a block
+// lie a whole row of neurons apart, where the hardware's stream prefetchers do not follow (no-op for null).
+template <typename T>
+inline void Prefetch(const T* row, int64_t n, bool for_writing) {
+  if (row == nullptr) return;
+  constexpr int64_t kLine = 64 / sizeof(T);
+  for (int64_t j = 0; j < n; j += kLine) {
+    if (for_writing) __builtin_prefetch(row + j, 1, 3);
+    else __builtin_prefetch(row + j, 0, 3);
+  }
+}
+
 // The rows of a block's Neurons in scratch: the seven parameters, then dt_a, den and scale.
 constexpr int kNeuronRows = kNumParams + 3;
 
@@ -109,14 +121,23 @@ void ForEachBlockOnThisThread(int64_t m, size_t scratch_size, Block block) {
 
 // ---- forward ----------------------------------------------------------------------------------
 
+// What a forward keeps for its reverse pass (besides the final state, which every mode writes):
+//   kFinalState   nothing (inference);
+//   kStateTraces  the post-step v and u of every step (u: only every `every` steps, with every > 0);
+//   kRawTrace     the unclipped membrane `raw` of every step (v* = Clip(raw)) and u every `every` steps:
+//                 the reverse derives each pre-step v and spike from it and recomputes u without the input;
+//   kCheckpoints  v and u every `every` steps: the reverse recomputes each run of steps from the input.
+enum Residuals : int { kFinalState = 0, kStateTraces = 1, kRawTrace = 2, kCheckpoints = 3 };
+
 template <typename T>
 struct Forward {
-  int64_t m, n_steps, every;  // every > 0: keep u before steps 0, every, 2*every, ... in checkpoints
-  bool trace_state;
+  int64_t m, n_steps, every;  // every > 0: keep the state before steps 0, every, 2*every, ... (see Residuals)
+  int64_t residuals;
   Constants<T> k;
   const T* current;
   Periodic<T> v0, u0, params[kNumParams];
-  T *spikes, *x, *v, *u, *mem, *checkpoints;  // spikes null when they are bool (spikes_bool)
+  T *spikes, *x, *v, *u, *mem, *raw, *v_checkpoints, *u_checkpoints;  // spikes null when they are bool
+  T* u_clipped;  // kRawTrace (or null): set to 1 when the clip bounded any u' (the reverse then needs u)
   uint8_t* spikes_bool;
 };
 
@@ -126,62 +147,88 @@ constexpr size_t ForwardScratch() {
   return (3 + kNeuronRows) * kBlock<T>;
 }
 
-// The state lives in scratch when it is not traced; when it is, each step reads the previous trace
-// row and writes the next one (u: unless only checkpoints of it are kept).
-template <typename T, int kScheme, bool kX, bool kMem>
+// The state lives in scratch unless it is traced (kStateTraces: each step reads the previous trace row
+// and writes the next one; u only when no checkpoints of it are kept).
+template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
 void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
   constexpr int64_t B = kBlock<T>;
   T *v = scratch, *u = v + B, *spike_tmp = u + B;
   const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, spike_tmp + B);
   f.v0.Gather(j0, n, v);
   f.u0.Gather(j0, n, u);
+  const bool traced = f.residuals == kStateTraces;
   const T *v_in = v, *u_in = u;
+  bool u_clipped = false;
   for (int64_t t = 0; t < f.n_steps; ++t) {
     const int64_t row = t * f.m + j0;
-    if (f.every && t % f.every == 0) std::copy_n(u_in, n, f.checkpoints + t / f.every * f.m + j0);
+    if (f.every && t % f.every == 0) {
+      std::copy_n(u_in, n, f.u_checkpoints + t / f.every * f.m + j0);
+      if (f.v_checkpoints) std::copy_n(v_in, n, f.v_checkpoints + t / f.every * f.m + j0);
+    }
+    if (t + 1 < f.n_steps) {  // the next step's rows
+      const int64_t next = row + f.m;
+      Prefetch(f.current + next, n, false);
+      for (T* out : {f.spikes, kX ? f.x : nullptr, kMem ? f.mem : nullptr, kRaw ? f.raw : nullptr,
+                     traced ? f.v : nullptr, traced && !f.every ? f.u : nullptr}) {
+        Prefetch(out ? out + next : nullptr, n, true);
+      }
+    }
     T* spike = f.spikes ? f.spikes + row : spike_tmp;
-    T* v_out = f.trace_state ? f.v + row : v;
-    T* u_out = f.trace_state && !f.every ? f.u + row : u;
-    ForwardStep<T, kScheme, kX, kMem>(n, f.current + row, q, v_in, u_in, v_out, u_out, spike,
-                                      kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr, f.k);
+    T* v_out = traced ? f.v + row : v;
+    T* u_out = traced && !f.every ? f.u + row : u;
+    u_clipped |= ForwardStep<T, kScheme, kX, kMem, kRaw>(n, f.current + row, q, v_in, u_in, v_out, u_out, spike,
+                                                         kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr,
+                                                         kRaw ? f.raw + row : nullptr, f.k);
     if (!f.spikes) for (int64_t j = 0; j < n; ++j) f.spikes_bool[row + j] = spike_tmp[j] != T(0);
     v_in = v_out, u_in = u_out;
   }
-  if (!f.trace_state) std::copy_n(v_in, n, f.v + j0);
-  if (!f.trace_state || f.every) std::copy_n(u_in, n, f.u + j0);
+  if (!traced) std::copy_n(v_in, n, f.v + j0);
+  if (!traced || f.every) std::copy_n(u_in, n, f.u + j0);
+  if (u_clipped && f.u_clipped) {  // blocks may run on several threads: every writer stores the same 1
+    const T one = T(1);
+    __atomic_store(f.u_clipped, &one, __ATOMIC_RELAXED);
+  }
 }
 
 template <typename T>
 using ForwardBlockFn = void (*)(const Forward<T>&, int64_t, int64_t, T*);
 
+template <typename T, int kScheme, bool kX>
+ForwardBlockFn<T> SelectForward(bool mem, bool raw) {
+  if (mem) return raw ? ForwardBlock<T, kScheme, kX, true, true> : ForwardBlock<T, kScheme, kX, true, false>;
+  return raw ? ForwardBlock<T, kScheme, kX, false, true> : ForwardBlock<T, kScheme, kX, false, false>;
+}
+
 template <typename T, int kScheme>
-ForwardBlockFn<T> SelectForward(bool x, bool mem) {
-  if (x) return mem ? ForwardBlock<T, kScheme, true, true> : ForwardBlock<T, kScheme, true, false>;
-  return mem ? ForwardBlock<T, kScheme, false, true> : ForwardBlock<T, kScheme, false, false>;
+ForwardBlockFn<T> SelectForward(bool x, bool mem, bool raw) {
+  return x ? SelectForward<T, kScheme, true>(mem, raw) : SelectForward<T, kScheme, false>(mem, raw);
 }
 
 // ---- reverse ----------------------------------------------------------------------------------
 
 template <typename T>
 struct Reverse {
-  int64_t m, n_steps, every;  // every > 0: u is recomputed from checkpoints, K = every steps at a time
+  int64_t m, n_steps, every;  // every > 0: the state is recomputed from checkpoints, `every` steps at a time
+  int64_t residuals;          // what the forward kept (Residuals; not kFinalState)
   Constants<T> k;
   const T* current;
-  Periodic<T> v0, u0, params[kNumParams], g_u_last;
-  const T *spikes, *v_trace, *u_trace, *checkpoints;  // spikes null when they are bool (spikes_bool)
+  Periodic<T> v0, u0, params[kNumParams], g_v_last, g_u_last;  // g_*_last: cotangents of the final state
+  const T *spikes, *v_trace, *u_trace, *raw, *v_checkpoints, *u_checkpoints;  // spikes null when bool
+  const T* u_clipped;  // kRawTrace (or null): the forward's flag; 0 lets euler skip u (ReverseStepEulerUnclipped)
   const uint8_t* spikes_bool;
   Cotangent<T> g_x, g_v, g_u, g_spikes, g_mem;
   T *g_current, *g_v0, *g_u0, *g_params[kNumParams];  // g_v0, g_u0, g_params[i] null: not wanted
 };
 
 // Scratch values per block: the Neurons, the parameters' gradient sums, the carries, the initial
-// state, a zero row, a 0/1 spike row, five time-constant cotangents, and `every` rows of recomputed u.
+// state, a zero row, a 0/1 spike row, five time-constant cotangents, and rows of v, u and raw for one
+// run of `every` steps (plus one: the state after the run's last step).
 template <typename T>
 size_t ReverseScratch(int64_t every) {
-  return (kNeuronRows + kNumParams + 11 + std::max<int64_t>(every, 1)) * kBlock<T>;
+  return (kNeuronRows + kNumParams + 11 + 3 * (std::max<int64_t>(every, 1) + 1)) * kBlock<T>;
 }
 
-template <typename T, int kScheme, int kSurrogate, bool kExtra>
+template <typename T, int kScheme, int kSurrogate, bool kExtra, bool kRaw>
 void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   constexpr int64_t B = kBlock<T>;
   const Neurons<T> q = GatherNeurons(r.params, j0, n, r.k.dt, scratch);
@@ -191,9 +238,11 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
     std::fill_n(acc[i], n, T(0));
   }
   T *carry_v = scratch + (kNeuronRows + kNumParams) * B, *carry_u = carry_v + B, *v0 = carry_u + B, *u0 = v0 + B;
-  T *zeros = u0 + B, *spike_tmp = zeros + B, *constants = spike_tmp + B, *u_block = constants + 5 * B;
-  std::fill_n(carry_v, n, T(0));
+  T *zeros = u0 + B, *spike_tmp = zeros + B, *constants = spike_tmp + B;
+  const int64_t run_rows = std::max<int64_t>(r.every, 1) + 1;
+  T *run_v = constants + 5 * B, *run_u = run_v + run_rows * B, *run_raw = run_u + run_rows * B;
   std::fill_n(zeros, n, T(0));
+  r.g_v_last.Gather(j0, n, carry_v);
   r.g_u_last.Gather(j0, n, carry_u);
   r.v0.Gather(j0, n, v0);
   r.u0.Gather(j0, n, u0);
@@ -205,52 +254,110 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
     return g.constant.period ? constants + i * B : zeros;
   };
   auto spike_at = [&](int64_t t) -> const T* {
+    if (kRaw) return nullptr;  // decided again from raw
     if (r.spikes) return r.spikes + t * r.m + j0;
     for (int64_t j = 0; j < n; ++j) spike_tmp[j] = r.spikes_bool[t * r.m + j0 + j] ? T(1) : T(0);
     return spike_tmp;
   };
-  auto v_before = [&](int64_t t) { return t ? r.v_trace + (t - 1) * r.m + j0 : v0; };
-  auto reverse_at = [&](int64_t t, const T* u) {
+  const bool reads_current = !kRaw || kScheme != kEuler || kExtra;
+  auto reverse_at = [&](int64_t t, const T* v, const T* u, const T* raw) {
     const int64_t row = t * r.m + j0;
-    const ReverseRow<T> rows{v_before(t), u, r.current + row, spike_at(t), row_of(0, t), row_of(1, t),
+    if (t > 0) {  // the previous step's rows, next in this loop
+      const int64_t previous = row - r.m;
+      Prefetch(r.g_current + previous, n, true);
+      Prefetch(reads_current ? r.current + previous : nullptr, n, false);
+      for (const Cotangent<T>* g : cotangents) Prefetch(g->per_step ? g->per_step + previous : nullptr, n, false);
+    }
+    const ReverseRow<T> rows{v, u, r.current + row, spike_at(t), raw, row_of(0, t), row_of(1, t),
                              row_of(2, t), row_of(3, t), row_of(4, t), r.g_current + row};
-    ReverseStep<T, kScheme, kSurrogate, kExtra>(n, rows, q, carry_v, carry_u, acc, r.k);
+    ReverseStep<T, kScheme, kSurrogate, kExtra, kRaw>(n, rows, q, carry_v, carry_u, acc, r.k);
   };
-  if (!r.every) {
-    for (int64_t t = r.n_steps - 1; t >= 0; --t) reverse_at(t, t ? r.u_trace + (t - 1) * r.m + j0 : u0);
-  } else {
-    for (int64_t first = (r.n_steps - 1) / r.every * r.every; first >= 0; first -= r.every) {
-      const int64_t stop = std::min(first + r.every, r.n_steps);
-      std::copy_n(r.checkpoints + first / r.every * r.m + j0, n, u_block);
-      for (int64_t t = first; t + 1 < stop; ++t) {
-        RecomputeRecovery<T, kScheme>(n, r.current + t * r.m + j0, q, v_before(t), u_block + (t - first) * B,
-                                      spike_at(t), u_block + (t - first + 1) * B, r.k);
+  auto finish = [&] {  // the carries are dL/d(v0, u0); the sums are the parameters' gradients
+    if (r.g_v0) std::copy_n(carry_v, n, r.g_v0 + j0);
+    if (r.g_u0) std::copy_n(carry_u, n, r.g_u0 + j0);
+    for (int i = 0; i < kNumParams; ++i) {
+      if (r.g_params[i]) std::copy_n(acc[i], n, r.g_params[i] + j0);
+    }
+  };
+  auto v_trace_before = [&](int64_t t) { return t ? r.v_trace + (t - 1) * r.m + j0 : v0; };
+  auto run_row = [&](T* rows, int64_t i) { return rows + i * B; };
+  auto raw_at = [&](int64_t t) { return r.raw + t * r.m + j0; };
+  if constexpr (kRaw && kScheme == kEuler && !kExtra) {
+    if (r.residuals == kRawTrace && r.u_clipped != nullptr && *r.u_clipped == T(0)) {  // u is not needed
+      for (int64_t t = r.n_steps - 1; t >= 0; --t) {
+        const int64_t row = t * r.m + j0;
+        if (t > 1) Prefetch(raw_at(t - 2), n, false);
+        if (t > 0) Prefetch(r.g_current + row - r.m, n, true);
+        if (t > 0) MembraneAfter<T>(n, q, raw_at(t - 1), run_v);
+        const ReverseRow<T> rows{t ? run_v : v0, nullptr, nullptr, nullptr, raw_at(t), row_of(0, t), row_of(1, t),
+                                 row_of(2, t), row_of(3, t), row_of(4, t), r.g_current + row};
+        ReverseStepEulerUnclipped<T, kSurrogate>(n, rows, q, carry_v, carry_u, r.k);
       }
-      for (int64_t t = stop - 1; t >= first; --t) reverse_at(t, u_block + (t - first) * B);
+      return finish();
     }
   }
-  if (r.g_v0) std::copy_n(carry_v, n, r.g_v0 + j0);
-  if (r.g_u0) std::copy_n(carry_u, n, r.g_u0 + j0);
-  for (int i = 0; i < kNumParams; ++i) {
-    if (r.g_params[i]) std::copy_n(acc[i], n, r.g_params[i] + j0);
+  if (r.residuals == kStateTraces && !r.every) {
+    for (int64_t t = r.n_steps - 1; t >= 0; --t) {
+      reverse_at(t, v_trace_before(t), t ? r.u_trace + (t - 1) * r.m + j0 : u0, nullptr);
+    }
+  } else if (r.n_steps > 0) {  // runs of `every` steps, last run first, each recomputed from its checkpoint
+    for (int64_t first = (r.n_steps - 1) / r.every * r.every; first >= 0; first -= r.every) {
+      const int64_t stop = std::min(first + r.every, r.n_steps), checkpoint = first / r.every * r.m + j0;
+      std::copy_n(r.u_checkpoints + checkpoint, n, run_u);
+      if (r.residuals == kCheckpoints) {
+        std::copy_n(r.v_checkpoints + checkpoint, n, run_v);
+        for (int64_t t = first; t < stop; ++t) {
+          const int64_t i = t - first;
+          if (t + 1 < stop) Prefetch(r.current + (t + 1) * r.m + j0, n, false);
+          RecomputeStep<T, kScheme>(n, r.current + t * r.m + j0, q, run_row(run_v, i), run_row(run_u, i),
+                                    run_row(run_raw, i), run_row(run_v, i + 1), run_row(run_u, i + 1), r.k);
+        }
+        for (int64_t t = stop - 1; t >= first; --t) {
+          const int64_t i = t - first;
+          reverse_at(t, run_row(run_v, i), run_row(run_u, i), run_row(run_raw, i));
+        }
+      } else if (r.residuals == kRawTrace) {
+        if (first) MembraneAfter<T>(n, q, raw_at(first - 1), run_v);
+        else std::copy_n(v0, n, run_v);
+        for (int64_t t = first; t + 1 < stop; ++t) {
+          const int64_t i = t - first;
+          Prefetch(raw_at(t + 1), n, false);
+          StateAfter<T, kScheme>(n, q, run_row(run_v, i), run_row(run_u, i), raw_at(t), run_row(run_v, i + 1),
+                                 run_row(run_u, i + 1));
+        }
+        for (int64_t t = stop - 1; t >= first; --t) {
+          const int64_t i = t - first;
+          reverse_at(t, run_row(run_v, i), run_row(run_u, i), raw_at(t));
+        }
+      } else {  // kStateTraces with u checkpoints: v from its trace, u recomputed
+        for (int64_t t = first; t + 1 < stop; ++t) {
+          const int64_t i = t - first;
+          RecomputeRecovery<T, kScheme>(n, r.current + t * r.m + j0, q, v_trace_before(t), run_row(run_u, i),
+                                        spike_at(t), run_row(run_u, i + 1), r.k);
+        }
+        for (int64_t t = stop - 1; t >= first; --t) reverse_at(t, v_trace_before(t), run_row(run_u, t - first), nullptr);
+      }
+    }
   }
+  finish();
 }
 
 template <typename T>
 using ReverseBlockFn = void (*)(const Reverse<T>&, int64_t, int64_t, T*);
 
 template <typename T, int kScheme, int kSurrogate>
-ReverseBlockFn<T> SelectReverse(bool extra) {
-  return extra ? ReverseBlock<T, kScheme, kSurrogate, true> : ReverseBlock<T, kScheme, kSurrogate, false>;
+ReverseBlockFn<T> SelectReverse(bool extra, bool raw) {
+  if (extra) return raw ? ReverseBlock<T, kScheme, kSurrogate, true, true> : ReverseBlock<T, kScheme, kSurrogate, true, false>;
+  return raw ? ReverseBlock<T, kScheme, kSurrogate, false, true> : ReverseBlock<T, kScheme, kSurrogate, false, false>;
 }
 
 template <typename T, int kScheme>
-ReverseBlockFn<T> SelectReverse(int surrogate, bool extra) {
+ReverseBlockFn<T> SelectReverse(int surrogate, bool extra, bool raw) {
   switch (surrogate) {
-    case kAtan: return SelectReverse<T, kScheme, kAtan>(extra);
-    case kFastSigmoid: return SelectReverse<T, kScheme, kFastSigmoid>(extra);
-    case kSigmoid: return SelectReverse<T, kScheme, kSigmoid>(extra);
-    default: return SelectReverse<T, kScheme, kNoSurrogate>(extra);
+    case kAtan: return SelectReverse<T, kScheme, kAtan>(extra, raw);
+    case kFastSigmoid: return SelectReverse<T, kScheme, kFastSigmoid>(extra, raw);
+    case kSigmoid: return SelectReverse<T, kScheme, kSigmoid>(extra, raw);
+    default: return SelectReverse<T, kScheme, kNoSurrogate>(extra, raw);
   }
 }
 

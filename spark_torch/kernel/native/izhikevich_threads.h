@@ -1,0 +1,135 @@
+// Running the blocks of a kernel call on several threads, for both ways in: the FFI handlers schedule
+// on XLA's intra-op pool (izhikevich_ffi.cc), the direct entry points on WorkerPool below.
+//
+// Blocks of neurons are independent (each has its own state, carries and outputs), so the results do
+// not depend on how many threads run them or in which order: every thread count gives the same bits.
+#ifndef SPARK_TORCH_IZHIKEVICH_THREADS_H_
+#define SPARK_TORCH_IZHIKEVICH_THREADS_H_
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "izhikevich_loops.h"
+
+namespace izh {
+
+// Neuron-steps below which a call runs on the calling thread alone.
+constexpr int64_t kParallelWork = int64_t{1} << 18;
+
+inline int64_t Cores() {
+  static const int64_t cores = std::max<unsigned>(1, std::thread::hardware_concurrency());  // a syscall: once
+  return cores;
+}
+
+// Runs block(j0, n, scratch) for every block of neurons on at most `max_threads` threads (the caller
+// included; `pool.Schedule(task)` starts the others). Workers claim runs of `grain` blocks from a shared
+// counter, so a task that starts late or is preempted (e.g. by another library's spinning threads on a
+// small machine) just takes fewer runs; the caller waits only for runs already claimed.
+template <typename T, typename Pool, typename Block>
+void ForEachBlock(Pool& pool, int64_t max_threads, int64_t m, int64_t n_steps, size_t scratch_size, Block block) {
+  const int64_t n_blocks = (m + kBlock<T> - 1) / kBlock<T>;
+  const int64_t n_workers = n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
+  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
+  const int64_t grain = std::max<int64_t>(1, n_blocks / (8 * n_workers));  // ~8 runs per worker
+  const int64_t n_runs = (n_blocks + grain - 1) / grain;
+  auto run = [&](int64_t i, T* scratch) {
+    for (int64_t b = i * grain; b < std::min((i + 1) * grain, n_blocks); ++b) {
+      const int64_t j0 = b * kBlock<T>;
+      block(j0, std::min(kBlock<T>, m - j0), scratch);
+    }
+  };
+  struct Shared {
+    std::atomic<int64_t> next{0}, done{0};
+    std::mutex mutex;
+    std::condition_variable all_done;
+  };
+  auto shared = std::make_shared<Shared>();  // outlives this call for tasks that start after it
+  auto work = [shared, n_runs, scratch_size, run_ptr = &run]() {
+    std::unique_ptr<Scratch<T>> scratch;  // allocated once this task has claimed a run
+    for (int64_t i; (i = shared->next.fetch_add(1, std::memory_order_relaxed)) < n_runs;) {
+      if (!scratch) scratch = std::make_unique<Scratch<T>>(scratch_size);
+      (*run_ptr)(i, scratch->data());
+      if (shared->done.fetch_add(1, std::memory_order_acq_rel) + 1 == n_runs) {
+        std::lock_guard<std::mutex> lock(shared->mutex);
+        shared->all_done.notify_all();
+      }
+    }
+  };
+  for (int64_t i = 1; i < n_workers; ++i) pool.Schedule(decltype(work)(work));
+  work();
+  // Runs claimed by other tasks are still going: spin briefly, then sleep, which frees this core for
+  // them when the machine is oversubscribed (a spinning caller would hold it).
+  auto finished = [&] { return shared->done.load(std::memory_order_acquire) == n_runs; };
+  for (int spin = 0; spin < 1000 && !finished(); ++spin) std::this_thread::yield();
+  if (!finished()) {
+    std::unique_lock<std::mutex> lock(shared->mutex);
+    shared->all_done.wait(lock, finished);
+  }
+}
+
+// The direct entry points' threads: one per further core, started on first use and sleeping on a
+// condition variable between calls (they hold no core while idle). A process forked from one that
+// started them has no such threads: Get() then starts a new pool (the parent's is left untouched; its
+// lock may have been held at the fork).
+class WorkerPool {
+ public:
+  static WorkerPool& Get() {
+    static std::atomic<WorkerPool*> current{nullptr};
+    static std::mutex creating;
+    WorkerPool* pool = current.load(std::memory_order_acquire);
+    if (pool == nullptr || pool->pid_ != getpid()) {
+      std::lock_guard<std::mutex> lock(creating);
+      pool = current.load(std::memory_order_acquire);
+      if (pool == nullptr || pool->pid_ != getpid()) {
+        pool = new WorkerPool(Cores() - 1);  // never deleted: its threads live as long as the process
+        current.store(pool, std::memory_order_release);
+      }
+    }
+    return *pool;
+  }
+
+  void Schedule(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      tasks_.push_back(std::move(task));
+    }
+    wake_.notify_one();
+  }
+
+ private:
+  explicit WorkerPool(int64_t n_threads) : pid_(getpid()) {
+    for (int64_t i = 0; i < n_threads; ++i) std::thread([this] { Serve(); }).detach();
+  }
+
+  void Serve() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        wake_.wait(lock, [this] { return !tasks_.empty(); });
+        task = std::move(tasks_.front());
+        tasks_.pop_front();
+      }
+      task();
+    }
+  }
+
+  const pid_t pid_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::deque<std::function<void()>> tasks_;
+};
+
+}  // namespace izh
+
+#endif  // SPARK_TORCH_IZHIKEVICH_THREADS_H_

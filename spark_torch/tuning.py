@@ -1,9 +1,11 @@
 """Process settings that make large, repeated layer calls faster on CPU: glibc's handling of freed memory.
 
-Why: every layer call returns fresh ``[T, B, *units]`` tensors (the JAX kernel's outputs, torch's).
-glibc's ``malloc`` serves large blocks (≥ 128 KiB, its threshold growing up to 32 MiB) with ``mmap``
-and gives them back to the OS when freed, so the next call touches brand-new pages and pays a page
-fault per 4 KiB, which on large calls can cost as much as the arithmetic (the benchmark measures it).
+Why: glibc's ``malloc`` serves large blocks (≥ 128 KiB, its threshold growing up to 32 MiB) with
+``mmap`` and gives them back to the OS when freed, so a loop that allocates fresh large tensors touches
+brand-new pages every iteration and pays a page fault per 4 KiB. The layer's own large outputs do not
+need this setting: the native kernel's direct calls take them from a pool that keeps freed blocks
+mapped (:mod:`spark_torch.execution.memory_pool`). It still helps the rest of a program (torch's own
+tensors, the XLA backend's outputs); the benchmark runs each allocator mode in its own process.
 
 ``import spark_torch`` changes none of this: it is the host program's allocator. A program opts in with
 :func:`keep_freed_memory_mapped` (blocks below 1 GiB are served from the main heap, for every thread: JAX

@@ -6,8 +6,9 @@ Peak extra memory of one forward+backward is measured per contender in a fresh s
 freed buffers leave the resident set; after two warm-up calls (compilation) and ``gc.collect()`` the
 resident set is read (VmRSS), the peak is reset (``/proc/self/clear_refs`` ← 5), one fwd+bwd runs,
 and ``VmHWM − VmRSS_before`` is reported, also as a multiple of the input tensor's bytes. It includes
-the gradient w.r.t. the input (1×). Allocator caches that keep pages mapped would hide memory; the
-method is Linux-only (else reported as unavailable).
+the gradient w.r.t. the input (1×). Allocator caches that keep pages mapped would hide memory: the
+native kernel's buffer pool (:mod:`spark_torch.execution.memory_pool`) is emptied before the baseline is
+read, so its blocks count in the peak. The method is Linux-only (else reported as unavailable).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def memprobe_main(name, size, loss) -> dict:
     gc.collect()
     time.sleep(0.5)  # JAX may release a finished call's buffers from its own threads, a little later
     gc.collect()
+    _release_pooled_memory()
 
     def status(key):
         for line in Path("/proc/self/status").read_text().splitlines():
@@ -55,6 +57,17 @@ def memprobe_main(name, size, loss) -> dict:
     return {"contender": name, "size": list(size), "extra_bytes": peak - base, "input_bytes": in_bytes,
             "extra_x_input": (peak - base) / in_bytes, "first_call_fresh_process_s": first,
             "method": "VmHWM - VmRSS after warm-up, MALLOC_MMAP_THRESHOLD_=131072, fresh process"}
+
+
+def _release_pooled_memory() -> None:
+    """Unmap the native kernel's cached buffers (where it is loaded), as ``torch.cuda.empty_cache()`` would."""
+    from ..execution import memory_pool
+    from ..kernel import native
+
+    try:
+        memory_pool.release_cached_memory(native.load().handle)
+    except native.Unavailable:
+        pass
 
 
 def _memory(names, size, args, report) -> list:

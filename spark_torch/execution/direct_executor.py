@@ -44,13 +44,17 @@ _ERROR_SIZE = 512
 _DTYPE_CODES = {torch.float32: interface.dtype_code("float32"), torch.float64: interface.dtype_code("float64")}
 
 
+_ABSENT = (0, 0)
+_NONE_VIEW = (None, _ABSENT)  # an absent operand or result: (tensor, View)
+
+
 def _buffer(tensor: Optional[torch.Tensor], name: str, dtype: torch.dtype, count: Optional[int] = None,
             period_of: Optional[int] = None) -> tuple[int, int]:
     """``(address, element count)`` of ``tensor`` for C (``(0, 0)`` for ``None``: absent), after checking that
     C may read or write it: ``dtype``, on the CPU, contiguous, and ``count`` elements exactly (or, with
     ``period_of=m``, a count that divides ``m``). The layout of an ``izh::View``."""
     if tensor is None:
-        return 0, 0
+        return _ABSENT
     n = tensor.numel()
     if tensor.dtype != dtype or not tensor.is_cpu or not tensor.is_contiguous():
         raise TypeError(f"`{name}` ({tensor.dtype}, {tensor.device}, contiguous={tensor.is_contiguous()}) cannot "
@@ -113,11 +117,9 @@ def _step_count(n_steps: int) -> torch.Tensor:
 
 def _call(function, attributes: interface.Attributes, operands: list, results: list, what: str) -> None:
     """Run a C entry point on ``(tensor, View)`` pairs; the tensors stay referenced until it returns."""
-    in_views, out_views = array.array("q"), array.array("q")  # izh::View {address, count} pairs
-    for _, view in operands:
-        in_views.extend(view)
-    for _, view in results:
-        out_views.extend(view)
+    # izh::View {address, count} pairs
+    in_views = array.array("q", [n for _, view in operands for n in view])
+    out_views = array.array("q", [n for _, view in results for n in view])
     error = getattr(_errors, "buffer", None)
     if error is None:
         error = _errors.buffer = ctypes.create_string_buffer(_ERROR_SIZE)
@@ -183,14 +185,16 @@ class DirectExecutor:
         every = checkpoint_every(call, layout, t_buf)
         rows = t_buf * m
         traced = layout == "state_traces"
-        spikes, mem = _new(current.shape, dtype), _new(current.shape, dtype)
-        x = None if call.surrogate else _new(current.shape, dtype)
-        v = _new(current.shape if traced else state_shape, dtype)
-        u = _new(current.shape if traced and not every else state_shape, dtype)
-        raw = _new(current.shape, dtype) if layout == "raw_trace" else None
+        shape = current.shape
+        spikes, mem = _new(current, shape, rows), _new(current, shape, rows)
+        x = None if call.surrogate else _new(current, shape, rows)
+        v = _new(current, shape, rows) if traced else _new(current, state_shape, m)
+        u = _new(current, shape, rows) if traced and not every else _new(current, state_shape, m)
+        raw = _new(current, shape, rows) if layout == "raw_trace" else None
         n_checkpoints = -(-t_buf // every) if every else 0
-        v_checkpoints = _new((n_checkpoints, *state_shape), dtype) if layout == "checkpoints" else None
-        u_checkpoints = _new((n_checkpoints, *state_shape), dtype) if every else None
+        checkpoints_shape = (n_checkpoints, *state_shape)
+        v_checkpoints = _new(current, checkpoints_shape, n_checkpoints * m) if layout == "checkpoints" else None
+        u_checkpoints = _new(current, checkpoints_shape, n_checkpoints * m) if every else None
         u_clipped = current.new_empty(1) if layout == "raw_trace" else None
         steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m, views)
         operands = [(current, _buffer(current, "current", dtype, rows)), *model,
@@ -211,8 +215,12 @@ class DirectExecutor:
             v = v[None]
         if not call.step and u.dim() < current.dim():
             u = u[None]
-        kept = {"final_state": (), "state_traces": (spikes, v, u_checkpoints if every else u),
-                "raw_trace": (raw, u_checkpoints, u_clipped), "checkpoints": (v_checkpoints, u_checkpoints)}[layout]
+        if traced:
+            kept = (spikes, v, u_checkpoints if every else u)
+        elif layout == "raw_trace":
+            kept = (raw, u_checkpoints, u_clipped)
+        else:
+            kept = () if layout == "final_state" else (v_checkpoints, u_checkpoints)
         # the model's operands are kept for the backward (the tensors they point to are saved too)
         return (Outputs(spikes, x, v, u, mem, u_checkpoints if traced and every else None),
                 Residuals((current, v0, u0, *params, *kept), model, layout))
@@ -230,19 +238,17 @@ class DirectExecutor:
         t_buf = 1 if call.step else current.shape[0]
         rows, every = t_buf * m, checkpoint_every(call, layout, t_buf)
         n_checkpoints = -(-t_buf // every) if every else 0
-        names = {"state_traces": ("spikes", "v", "u_checkpoints" if every else "u"),
-                 "raw_trace": ("raw", "u_checkpoints", "u_clipped"),
-                 "checkpoints": ("v_checkpoints", "u_checkpoints")}[layout]
-        by_name = dict(zip(names, kept))
+        by_name = dict(zip(_KEPT[layout, bool(every)], kept))
         counts = {"v_checkpoints": n_checkpoints * m, "u_checkpoints": n_checkpoints * m, "u_clipped": 1}
-        residual_views = [(by_name.get(name), _buffer(by_name.get(name), name, dtype, counts.get(name, rows)))
-                          for name in ("spikes", "v", "u", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")]
+        residual_views = [_NONE_VIEW if name not in by_name else
+                          (by_name[name], _buffer(by_name[name], name, dtype, counts.get(name, rows)))
+                          for name in _RESIDUAL_OPERANDS]
         per_step, g_operands = _cotangent_views(cotangents, call, state_shape, dtype, rows, m, layout, every)
         steps = _step_count(t_buf)
         model = cache if _still_valid(cache) else _model_views(v0, u0, params, state_shape, m)
         operands = [(current, _buffer(current, "current", dtype, rows)), *model, *residual_views, *g_operands,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
-        g_current = _new(current.shape, dtype)
+        g_current = _new(current, current.shape, rows)
         g_rest = [current.new_empty(state_shape) if need else None for need in needs[1:]]
         results = [(g_current, _buffer(g_current, "g_current", dtype, rows)),
                    *((g, _buffer(g, name, dtype, m)) for g, name in zip(g_rest, interface.REVERSE_RESULTS[1:]))]
@@ -256,10 +262,23 @@ class DirectExecutor:
         return input_gradients(needs, (g_current, *g_rest), (current, v0, u0, *params))
 
 
-def _new(shape, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised contiguous CPU tensor for the kernel to write: large ones on the library's pooled
-    memory (:mod:`.memory_pool`: no page faults for memory a previous call freed)."""
-    return memory_pool.new_buffer(tuple(shape), dtype, native.load().handle)
+#: The reverse call's operands for what a forward kept, in ``interface.REVERSE_OPERANDS`` order, and the names
+#: of the tensors each layout keeps (by layout and whether it has checkpoints), in :meth:`DirectExecutor.forward`'s
+#: order.
+_RESIDUAL_OPERANDS = ("spikes", "v", "u", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")
+_KEPT = {("state_traces", False): ("spikes", "v", "u"), ("state_traces", True): ("spikes", "v", "u_checkpoints"),
+         ("raw_trace", True): ("raw", "u_checkpoints", "u_clipped"),
+         ("checkpoints", True): ("v_checkpoints", "u_checkpoints")}
+_ITEM_BYTES = {torch.float32: 4, torch.float64: 8}
+
+
+def _new(like: torch.Tensor, shape, numel: int) -> torch.Tensor:
+    """An uninitialised contiguous CPU tensor of ``like``'s dtype, ``shape`` and ``numel`` elements for the
+    kernel to write: from ``memory_pool.POOLED_BYTES`` on, on the library's pooled memory
+    (:mod:`.memory_pool`: no page faults for memory a previous call freed)."""
+    if numel * _ITEM_BYTES[like.dtype] < memory_pool.POOLED_BYTES:
+        return torch.empty_like(like) if numel == like.numel() else like.new_empty(shape)  # the first: faster
+    return memory_pool.empty(tuple(shape), like.dtype, native.load().handle)
 
 
 def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torch.Size, dtype: torch.dtype,
@@ -276,10 +295,10 @@ def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torc
     finals = (cotangents.v if v_final else None, cotangents.u if u_final else None)
     traced = (x, None if v_final else cotangents.v, None if u_final else cotangents.u, spikes, cotangents.mem)
     for i, (name, grad) in enumerate(zip(interface.COTANGENTS, traced)):
-        grad = compact_cotangent(grad, call.step)
         if grad is None:
-            views.append((None, _buffer(None, name, dtype)))
+            views.append(_NONE_VIEW)
             continue
+        grad = compact_cotangent(grad, call.step)
         grad = grad.to(dtype)
         if grad.dim() == 0 or grad.shape == state_shape and not call.step:
             grad = grad.expand(state_shape).contiguous() if grad.dim() else grad.contiguous()
@@ -289,8 +308,10 @@ def _cotangent_views(cotangents: Cotangents, call: KernelCall, state_shape: torc
             grad = grad.contiguous()
             views.append((grad, _buffer(grad, name, dtype, rows)))
     for name, grad in zip(("g_v_final", "g_u_final"), finals):
+        if grad is None:
+            views.append(_NONE_VIEW)
+            continue
         grad = uniform_as_scalar(grad)
-        if grad is not None:
-            grad = (grad if grad.dim() == 0 else grad.reshape(state_shape)).to(dtype).contiguous()
+        grad = (grad if grad.dim() == 0 else grad.reshape(state_shape)).to(dtype).contiguous()
         views.append((grad, _buffer(grad, name, dtype, period_of=m)))
     return per_step, views

@@ -20,6 +20,10 @@
 #include <cmath>
 #include <cstdint>
 
+// No two pointers of a loop below alias a buffer that the loop writes (the callers keep them apart), so
+// the compiler need not reload a value after a store.
+#define IZH_RESTRICT __restrict__
+
 #if defined(__clang__)
 #define IZH_VECTORIZE _Pragma("clang loop vectorize(assume_safety)")
 #elif defined(__GNUC__)
@@ -112,12 +116,14 @@ struct Neurons {
 };
 
 // Forward step for n neurons: reads the pre-step state (v_in, u_in), writes the post-step state to
-// (v_out, u_out) (the same arrays to advance in place, or the next trace rows), the 0/1 spike, and
+// (v_out, u_out) (other arrays: the next scratch rows or trace rows), the 0/1 spike, and
 // x, mem and the unclipped membrane `raw` (v* = Clip(raw), see Integrate) when asked for (kX, kMem, kRaw).
 // With kRaw, returns whether the clip bounded any u' (whose reverse then needs u), else false.
 template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
-inline bool ForwardStep(int64_t n, const T* current, const Neurons<T>& q, const T* v_in, const T* u_in, T* v_out,
-                        T* u_out, T* spike, T* x, T* mem, T* raw, const Constants<T>& k) {
+inline bool ForwardStep(int64_t n, const T* IZH_RESTRICT current, const Neurons<T>& q, const T* IZH_RESTRICT v_in,
+                        const T* IZH_RESTRICT u_in, T* IZH_RESTRICT v_out, T* IZH_RESTRICT u_out,
+                        T* IZH_RESTRICT spike, T* IZH_RESTRICT x, T* IZH_RESTRICT mem, T* IZH_RESTRICT raw,
+                        const Constants<T>& k) {
   const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
   const T *dt_a = q.dt_a, *den = q.den, *scale = q.scale;
   int clipped = 0;
@@ -210,8 +216,8 @@ struct ReverseRow {
 // Clip(raw) >= v_pk, as the forward decided it, and euler needs neither the input nor a re-integration
 // (unless kExtra: the resistance's gradient reads the input); izhikevich2003 re-integrates its half step.
 template <typename T, int kScheme, int kSurrogate, bool kExtra, bool kRaw>
-inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* carry_v, T* carry_u,
-                        T* const* acc, const Constants<T>& k) {
+inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* IZH_RESTRICT carry_v,
+                        T* IZH_RESTRICT carry_u, T* const* acc, const Constants<T>& k) {
   const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
   const T *dt_a = q.dt_a, *dens = q.den, *scale = q.scale;
   const ReverseRow<T> r = row;  // a local copy: the loop's stores cannot alias its pointers
@@ -279,8 +285,8 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q
 // value ReverseStep computes. The same operations in the same order, so the same bits; v is the pre-step
 // membrane row (v' of the previous step).
 template <typename T, int kSurrogate>
-inline void ReverseStepEulerUnclipped(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q, T* carry_v, T* carry_u,
-                                      const Constants<T>& k) {
+inline void ReverseStepEulerUnclipped(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q,
+                                      T* IZH_RESTRICT carry_v, T* IZH_RESTRICT carry_u, const Constants<T>& k) {
   const T *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *dt_a = q.dt_a, *dens = q.den;
   const ReverseRow<T> r = row;
   IZH_VECTORIZE

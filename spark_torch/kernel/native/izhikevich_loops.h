@@ -141,10 +141,10 @@ struct Forward {
   uint8_t* spikes_bool;
 };
 
-// Scratch values per block: v, u, a 0/1 spike row, and the Neurons.
+// Scratch values per block: two rows each of v and u, a 0/1 spike row, and the Neurons.
 template <typename T>
 constexpr size_t ForwardScratch() {
-  return (3 + kNeuronRows) * kBlock<T>;
+  return (5 + kNeuronRows) * kBlock<T>;
 }
 
 // The state lives in scratch unless it is traced (kStateTraces: each step reads the previous trace row
@@ -152,8 +152,8 @@ constexpr size_t ForwardScratch() {
 template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
 void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
   constexpr int64_t B = kBlock<T>;
-  T *v = scratch, *u = v + B, *spike_tmp = u + B;
-  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, spike_tmp + B);
+  T *v = scratch, *u = v + B, *spike_tmp = u + B, *v_other = spike_tmp + B, *u_other = v_other + B;
+  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, u_other + B);
   f.v0.Gather(j0, n, v);
   f.u0.Gather(j0, n, u);
   const bool traced = f.residuals == kStateTraces;
@@ -174,8 +174,8 @@ void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
       }
     }
     T* spike = f.spikes ? f.spikes + row : spike_tmp;
-    T* v_out = traced ? f.v + row : v;
-    T* u_out = traced && !f.every ? f.u + row : u;
+    T* v_out = traced ? f.v + row : (v_in == v ? v_other : v);  // untraced: two rows in turn
+    T* u_out = traced && !f.every ? f.u + row : (u_in == u ? u_other : u);
     u_clipped |= ForwardStep<T, kScheme, kX, kMem, kRaw>(n, f.current + row, q, v_in, u_in, v_out, u_out, spike,
                                                          kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr,
                                                          kRaw ? f.raw + row : nullptr, f.k);

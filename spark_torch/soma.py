@@ -2,8 +2,8 @@ r"""``IzhikevichSoma``: the Izhikevich (2003) neuron as a ``torch.nn.Module`` an
 
 Data flow: :class:`~spark_torch.config.IzhikevichSomaConfig` → per-neuron tensors (``build``) → one
 kernel call forward and one reverse call backward, a step or a whole sequence
-(:func:`spark_torch.execution.run`: small CPU calls run the native kernel's C loops directly, the rest
-goes through JAX) → spikes with the gradient of the user's
+(:func:`spark_torch.execution.run`: CPU calls run the native kernel's C loops directly where it builds, the
+rest goes through JAX) → spikes with the gradient of the user's
 ``spike_grad``.
 
 Units of what the layer returns and keeps:

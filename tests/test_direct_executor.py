@@ -145,3 +145,27 @@ def test_what_a_forward_keeps_for_its_backward():
     assert residuals_layout(sequence._replace(step=True), "least", RAW_TRACE_WORK) == "state_traces"
     assert residuals_layout(sequence, "state_traces", RAW_TRACE_WORK) == "state_traces"  # the custom op's layout
     assert residuals_layout(sequence, "final_state", RAW_TRACE_WORK) == "final_state"
+
+
+def test_large_outputs_reuse_the_pooled_memory_of_earlier_calls(native_kernel):
+    """A training loop's large outputs (spikes, mem, the kept trace, the input's gradient) come from the
+    kernel's pool: once warm, a call maps no new memory (so it pays no page faults), in a process that
+    changed no allocator setting."""
+    from spark_torch.execution import memory_pool
+
+    layer = IzhikevichSoma(resistance=10.0, units=(512,), sequence=True)
+    x = (3.0 * torch.rand(40, 64, 512)).requires_grad_()  # 5 MiB per [T, B, N] buffer
+    assert x.numel() * 4 >= memory_pool.POOLED_BYTES
+
+    def step():
+        x.grad = None
+        spk, mem = layer(x)
+        (spk.sum() + mem.sum()).backward()
+
+    step()
+    before = memory_pool.stats()
+    for _ in range(3):
+        step()
+    after = memory_pool.stats()
+    assert after["mapped_blocks_total"] == before["mapped_blocks_total"]
+    assert after["reuses_total"] >= before["reuses_total"] + 3 * 4  # spikes, mem, raw trace, input gradient

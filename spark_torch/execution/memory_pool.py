@@ -168,8 +168,15 @@ def new_buffer(shape: tuple[int, ...], dtype: torch.dtype, handle: ctypes.CDLL |
     return torch.empty(shape, dtype=dtype)
 
 
-def stats(handle: ctypes.CDLL) -> dict[str, int]:
-    """The pool's counters (the pool is per process; ``handle``: the library that holds it):
+def _native_handle() -> ctypes.CDLL:
+    from ..kernel import native  # loaded on demand: the pool lives in the native library
+
+    return native.load().handle
+
+
+def stats(handle: Optional[ctypes.CDLL] = None) -> dict[str, int]:
+    """The pool's counters (the pool is per process; ``handle``: the library that holds it, by default the
+    native kernel's, :func:`spark_torch.kernel.native.load`):
 
     * ``in_use_bytes``: bytes of the blocks behind live pooled tensors (block sizes: multiples of 2 MiB);
     * ``cached_bytes``: bytes kept mapped for reuse (never more than the most bytes in use at once, since
@@ -178,11 +185,12 @@ def stats(handle: ctypes.CDLL) -> dict[str, int]:
     * ``reuses_total``: requests served from cached blocks since the process started.
     """
     out = (ctypes.c_int64 * len(_STATS_FIELDS))()
-    bind(handle).stats(out)
+    bind(handle or _native_handle()).stats(out)
     return dict(zip(_STATS_FIELDS, out))
 
 
-def release_cached_memory(handle: ctypes.CDLL) -> None:
+def release_cached_memory(handle: Optional[ctypes.CDLL] = None) -> None:
     """Returns every cached block to the system (as ``torch.cuda.empty_cache()`` does for the GPU): the
-    memory of live tensors stays. The bound on cached memory restarts from the bytes in use now."""
-    bind(handle).trim()
+    memory of live tensors stays. The bound on cached memory restarts from the bytes in use now.
+    ``handle``: as for :func:`stats`."""
+    bind(handle or _native_handle()).trim()

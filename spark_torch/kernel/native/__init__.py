@@ -12,7 +12,8 @@ int32 scalar, so a padded buffer runs only its first ``n_steps`` rows (the rest 
 The C++ source (``izhikevich.h``: one step; ``izhikevich_loops.h``: the loops over a block of neurons;
 ``izhikevich_interface.h``: the operands and their checks, shared by both ways in; ``izhikevich_ffi.cc``: the
 FFI handlers; ``izhikevich_direct.h``: the same loops as plain C functions, for callers that hold the memory,
-:func:`entry_points`), shipped in this package, evaluates every
+:func:`entry_points`; ``izhikevich_threads.h``: the blocks on several threads; ``izhikevich_memory.h``: a
+pool of large output buffers handed to torch through DLPack), shipped in this package, evaluates every
 formula in the input's dtype, operation by operation in the order :mod:`spark_torch.kernel.model` writes it,
 with no fused multiply-add, so float64 results equal an IEEE evaluation of those formulas (the XLA
 loop may contract into FMAs: it agrees to rounding). It is compiled on first use and cached

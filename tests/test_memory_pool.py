@@ -85,6 +85,7 @@ def test_tensor_layout_and_contents(shape, dtype):
 
 
 def test_freed_block_is_reused_by_the_next_request_of_its_size():
+    memory_pool.release_cached_memory(HANDLE)  # no cached block of this size from an earlier test
     shape = (3, 1000, 1001)  # 12,012,000 bytes: a 12 MiB block
     first = empty(shape)
     address = first.data_ptr()

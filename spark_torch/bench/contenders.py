@@ -78,9 +78,10 @@ class SparkStep(Contender):
 class JaxDirect(Contender):
     """The spark_torch JAX kernel called directly (no torch, no DLPack): the bridge-overhead baseline.
 
-    Keep in step with what :mod:`spark_torch.ops` calls: ``kernel.simulate_forward`` (float spikes, no
-    ``x`` trace, ``mem`` computed; forward-only without state traces) and ``kernel.simulate_backward``
-    with the fast-sigmoid surrogate fused, as the layer runs them; falls back to ``jax.vjp`` of
+    Keep in step with what :mod:`spark_torch.execution.jax_executor` calls: ``kernel.simulate_forward``
+    (float spikes, no ``x`` trace, ``mem`` computed; forward-only without state traces) and
+    ``kernel.simulate_backward`` with the fast-sigmoid surrogate fused, as the layer runs them through JAX
+    (on the CPU the layer itself now calls the native loops directly); falls back to ``jax.vjp`` of
     ``kernel.simulate`` if that API is not there.
     """
 

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstdint>
 #include <deque>
@@ -77,8 +78,9 @@ void ForEachBlock(Pool& pool, int64_t max_threads, int64_t m, int64_t n_steps, s
   }
 }
 
-// The direct entry points' threads: one per further core, started on first use and sleeping on a
-// condition variable between calls (they hold no core while idle). A process forked from one that
+// The direct entry points' threads: one per further core, started on first use; between calls each
+// watches for the next task for kWatch (yielding its core to any other runnable thread), then sleeps on a
+// condition variable (holding no core). A process forked from one that
 // started them has no such threads: Get() then starts a new pool (the parent's is left untouched; its
 // lock may have been held at the fork).
 class WorkerPool {
@@ -102,6 +104,7 @@ class WorkerPool {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       tasks_.push_back(std::move(task));
+      pending_.fetch_add(1, std::memory_order_release);
     }
     wake_.notify_one();
   }
@@ -111,23 +114,34 @@ class WorkerPool {
     for (int64_t i = 0; i < n_threads; ++i) std::thread([this] { Serve(); }).detach();
   }
 
+  // After a task, a worker watches for the next one for kWatch before it sleeps: a training step's calls
+  // (forward, backward, the next forward) follow each other closely, and waking a sleeping thread takes
+  // longer than a small call's blocks. It yields while it watches, so a busy core stays with its owner.
   void Serve() {
     for (;;) {
+      const auto until = std::chrono::steady_clock::now() + kWatch;
+      while (pending_.load(std::memory_order_acquire) == 0 && std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
       std::function<void()> task;
       {
         std::unique_lock<std::mutex> lock(mutex_);
         wake_.wait(lock, [this] { return !tasks_.empty(); });
         task = std::move(tasks_.front());
         tasks_.pop_front();
+        pending_.fetch_sub(1, std::memory_order_relaxed);
       }
       task();
     }
   }
 
+  static constexpr std::chrono::microseconds kWatch{300};
+
   const pid_t pid_;
   std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<std::function<void()>> tasks_;
+  std::atomic<int64_t> pending_{0};  // tasks_.size(), readable without the lock
 };
 
 }  // namespace izh

@@ -60,12 +60,12 @@ def memprobe_main(name, size, loss) -> dict:
 
 
 def _release_pooled_memory() -> None:
-    """Unmap the native kernel's cached buffers (where it is loaded), as ``torch.cuda.empty_cache()`` would."""
+    """Unmap the native kernel's cached buffers (where it builds), as ``torch.cuda.empty_cache()`` would."""
     from ..execution import memory_pool
     from ..kernel import native
 
     try:
-        memory_pool.release_cached_memory(native.load().handle)
+        memory_pool.release_cached_memory()
     except native.Unavailable:
         pass
 

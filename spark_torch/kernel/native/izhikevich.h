@@ -156,22 +156,6 @@ inline void RecomputeRecovery(int64_t n, const T* current, const Neurons<T>& q, 
   }
 }
 
-// One forward step again from a kept pre-step state (v, u): the unclipped membrane raw_out and the
-// post-step state (v_next, u_next), with the forward's arithmetic (bit-identical).
-template <typename T, int kScheme>
-inline void RecomputeStep(int64_t n, const T* current, const Neurons<T>& q, const T* v, const T* u, T* raw_out,
-                          T* v_next, T* u_next, const Constants<T>& k) {
-  const T *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD], *dt_a = q.dt_a;
-  IZH_VECTORIZE
-  for (int64_t j = 0; j < n; ++j) {
-    const Integrated<T> s = Integrate<T, kScheme>(v[j], u[j], res[j] * current[j], dt_a[j], b[j], k);
-    const bool fired = s.v_star >= vpk[j];
-    raw_out[j] = s.raw;
-    v_next[j] = fired ? c[j] : s.v_star;
-    u_next[j] = Clip(fired ? s.u_star + d[j] : s.u_star);
-  }
-}
-
 // The post-step membrane from a step's unclipped membrane alone: v' = s ? c : v*, v* = Clip(raw).
 template <typename T>
 inline void MembraneAfter(int64_t n, const Neurons<T>& q, const T* raw, T* v_next) {

@@ -58,6 +58,15 @@ inline Status CheckCounts(const Attributes* a, int64_t n_in, int64_t want_in, in
   return Status{};
 }
 
+// Checks the operand and result counts, then runs `call` (CallForward or CallReverse) on OnWorkers.
+template <typename CallFn>
+int Run(const Attributes* a, const View* in, int64_t n_in, int64_t want_in, const View* out, int64_t n_out,
+        int64_t want_out, char* error, int64_t error_size, CallFn call) {
+  Status status = CheckCounts(a, n_in, want_in, n_out, want_out);
+  if (status.empty()) status = call(*a, in, out, OnWorkers{a->threads});
+  return Report(status, error, error_size);
+}
+
 }  // namespace direct
 }  // namespace izh
 
@@ -69,19 +78,17 @@ IZH_EXPORT const char* SparkTorchIzhikevichInterface() {
 IZH_EXPORT int SparkTorchIzhikevichForwardDirect(const izh::Attributes* attributes, const izh::View* operands,
                                                  int64_t n_operands, const izh::View* results, int64_t n_results,
                                                  char* error, int64_t error_size) {
-  izh::Status status = izh::direct::CheckCounts(attributes, n_operands, izh::kNumForwardOperands, n_results,
-                                                izh::kNumForwardResults);
-  if (status.empty()) status = izh::CallForward(*attributes, operands, results, izh::direct::OnWorkers{attributes->threads});
-  return izh::direct::Report(status, error, error_size);
+  return izh::direct::Run(attributes, operands, n_operands, izh::kNumForwardOperands, results, n_results,
+                          izh::kNumForwardResults, error, error_size,
+                          [](const auto&... args) { return izh::CallForward(args...); });
 }
 
 IZH_EXPORT int SparkTorchIzhikevichReverseDirect(const izh::Attributes* attributes, const izh::View* operands,
                                                  int64_t n_operands, const izh::View* results, int64_t n_results,
                                                  char* error, int64_t error_size) {
-  izh::Status status = izh::direct::CheckCounts(attributes, n_operands, izh::kNumReverseOperands, n_results,
-                                                izh::kNumReverseResults);
-  if (status.empty()) status = izh::CallReverse(*attributes, operands, results, izh::direct::OnWorkers{attributes->threads});
-  return izh::direct::Report(status, error, error_size);
+  return izh::direct::Run(attributes, operands, n_operands, izh::kNumReverseOperands, results, n_results,
+                          izh::kNumReverseResults, error, error_size,
+                          [](const auto&... args) { return izh::CallReverse(args...); });
 }
 
 #endif  // SPARK_TORCH_IZHIKEVICH_DIRECT_H_

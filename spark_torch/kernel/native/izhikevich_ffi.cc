@@ -9,15 +9,9 @@
 // thread and by tasks on XLA's intra-op thread pool, so a busy pool only costs parallelism. Small
 // problems (below kParallelWork neuron-steps) run on the calling thread alone.
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <type_traits>
-#include <vector>
 
 #include "izhikevich_interface.h"
 #include "izhikevich_threads.h"

@@ -309,8 +309,9 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
         for (int64_t t = first; t < stop; ++t) {
           const int64_t i = t - first;
           if (t + 1 < stop) Prefetch(r.current + (t + 1) * r.m + j0, n, false);
-          RecomputeStep<T, kScheme>(n, r.current + t * r.m + j0, q, run_row(run_v, i), run_row(run_u, i),
-                                    run_row(run_raw, i), run_row(run_v, i + 1), run_row(run_u, i + 1), r.k);
+          ForwardStep<T, kScheme, false, false, true>(n, r.current + t * r.m + j0, q, run_row(run_v, i),
+                                                      run_row(run_u, i), run_row(run_v, i + 1), run_row(run_u, i + 1),
+                                                      spike_tmp, nullptr, nullptr, run_row(run_raw, i), r.k);
         }
         for (int64_t t = stop - 1; t >= first; --t) {
           const int64_t i = t - first;

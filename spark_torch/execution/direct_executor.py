@@ -215,12 +215,9 @@ class DirectExecutor:
             v = v[None]
         if not call.step and u.dim() < current.dim():
             u = u[None]
-        if traced:
-            kept = (spikes, v, u_checkpoints if every else u)
-        elif layout == "raw_trace":
-            kept = (raw, u_checkpoints, u_clipped)
-        else:
-            kept = () if layout == "final_state" else (v_checkpoints, u_checkpoints)
+        written = {"spikes": spikes, "v": v, "u": u, "raw": raw, "v_checkpoints": v_checkpoints,
+                   "u_checkpoints": u_checkpoints, "u_clipped": u_clipped}
+        kept = tuple(written[name] for name in _KEPT.get((layout, bool(every)), ()))
         # the model's operands are kept for the backward (the tensors they point to are saved too)
         return (Outputs(spikes, x, v, u, mem, u_checkpoints if traced and every else None),
                 Residuals((current, v0, u0, *params, *kept), model, layout))
@@ -263,8 +260,8 @@ class DirectExecutor:
 
 
 #: The reverse call's operands for what a forward kept, in ``interface.REVERSE_OPERANDS`` order, and the names
-#: of the tensors each layout keeps (by layout and whether it has checkpoints), in :meth:`DirectExecutor.forward`'s
-#: order.
+#: of the tensors each layout keeps (by layout and whether it has checkpoints; ``final_state``: none), in the
+#: order of ``Residuals.tensors``: the one table :meth:`DirectExecutor.forward` saves by and ``backward`` reads by.
 _RESIDUAL_OPERANDS = ("spikes", "v", "u", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")
 _KEPT = {("state_traces", False): ("spikes", "v", "u"), ("state_traces", True): ("spikes", "v", "u_checkpoints"),
          ("raw_trace", True): ("raw", "u_checkpoints", "u_clipped"),
@@ -277,7 +274,7 @@ def _new(like: torch.Tensor, shape, numel: int) -> torch.Tensor:
     kernel to write: from ``memory_pool.POOLED_BYTES`` on, on the library's pooled memory
     (:mod:`.memory_pool`: no page faults for memory a previous call freed)."""
     if numel * _ITEM_BYTES[like.dtype] < memory_pool.POOLED_BYTES:
-        return torch.empty_like(like) if numel == like.numel() else like.new_empty(shape)  # the first: faster
+        return torch.empty_like(like) if shape == like.shape else like.new_empty(shape)  # the first: faster
     return memory_pool.empty(tuple(shape), like.dtype, native.load().handle)
 
 

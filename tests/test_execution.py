@@ -5,6 +5,7 @@ These tests pin the counts of :data:`spark_torch.bridge.crossings` for the loop 
 (``spk, mem = layer(x_t, mem)``, then one backward), so that the per-call overhead cannot creep back.
 """
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,38 +164,45 @@ def test_sequence_call_from_rest_imports_only_its_input(kernel_backend):
     assert dict(bridge.crossings) == ({"forward": 1, "backward": 1} if kernel_backend == "native" else through_jax)
 
 
-@pytest.mark.parametrize("loss", ["sum", "count", "dense", "state"])
+@pytest.mark.parametrize("fields", ["scalar", "mixed"])
+@pytest.mark.parametrize("loss", ["sum", "count", "dense", "state", "spikes"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused_surrogate", "torch_surrogate"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
 @pytest.mark.parametrize("checkpoints", [False, True], ids=["raw_trace", "checkpoints"])
-def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, loss, scheme, checkpoints,
+def test_direct_sequence_calls_equal_the_native_kernel_through_jax(dtype, fuse, loss, scheme, checkpoints, fields,
                                                                     monkeypatch):
     """As for step calls, for a sequence call from a given membrane, with a uniform loss (one scalar
     cotangent), a loss on spike counts and final membranes (cotangents constant over time), dense weights
-    (one cotangent row per step) and a loss on the final state (u included). The direct executor keeps the
-    unclipped membrane and u every 16 steps (with ``checkpoint_recovery``: v and u every ~√T steps) where
-    JAX keeps the v and u traces: the same bits all the same, for both schemes and every field's gradient."""
+    (one cotangent row per step), a loss on the final state (u included) and one on weighted spikes alone.
+    The direct executor keeps the unclipped membrane and u every 16 steps (with ``checkpoint_recovery``: v
+    and u every ~√T steps) where JAX keeps the v and u traces: the same bits all the same, for both schemes
+    and every field's gradient. ``fields="mixed"``: 600 neurons whose first block has the same fields (the
+    loops then read each field once) and whose other blocks do not (two units' fields differ)."""
     native = pytest.importorskip("spark_torch.kernel.native")
     try:
         native.load()
     except native.Unavailable as error:
         pytest.skip(f"no native kernel here: {error}")
-    T, B, N = 25, 3, 6
+    T, B, N = (25, 3, 6) if fields == "scalar" else (25, 2, 300)
+    overrides = {} if fields == "scalar" else {"recovery_update": np.r_[np.full(N - 2, 8.0), 6.0, 10.0],
+                                               "threshold": np.r_[np.full(N - 1, 30.0), 28.0]}
     x0, mem0 = 3.0 * torch.rand(T, B, N, dtype=dtype), 0.3 * torch.rand(B, N, dtype=dtype)
     w = torch.randn(T, B, N, dtype=dtype)
     losses = {"sum": lambda spk, mem: spk.sum() + mem.sum(),
               "count": lambda spk, mem: (spk.sum(0) * w[0]).sum() + (mem.sum(0) * w[1]).sum(),
               "dense": lambda spk, mem: (spk * w).sum() + (mem * w.flip(0)).sum(),
-              "state": lambda spk, mem: spk.sum() + (layer.recovery * w[2]).sum() + (layer.potential * w[3]).sum()}
-    # "count": no field learns (the reverse loop's lean euler path, which skips u, unless the clip bound it)
+              "state": lambda spk, mem: spk.sum() + (layer.recovery * w[2]).sum() + (layer.potential * w[3]).sum(),
+              "spikes": lambda spk, mem: (spk * w).sum()}
+    # "spikes": no field learns and the membranes have no cotangent: the reverse loop's lean euler path, which
+    # skips u (unless the clip bound it)
     learnable = {"dense": IzhikevichSomaConfig.MODEL_FIELDS, "state": IzhikevichSomaConfig.MODEL_FIELDS,
-                 "count": ()}.get(loss, ("threshold", "recovery_update"))
+                 "count": (), "spikes": ()}.get(loss, ("threshold", "recovery_update"))
     monkeypatch.setattr(direct_executor, "RAW_TRACE_WORK", 0)  # this small call keeps the raw trace too
     results = {}
     for path in ("direct", "jax"):
         layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=True, fuse_surrogate=fuse, scheme=scheme,
-                               checkpoint_recovery=checkpoints, learnable=learnable).to(dtype)
+                               checkpoint_recovery=checkpoints, learnable=learnable, **overrides).to(dtype)
         x, mem0_ = x0.clone().requires_grad_(), mem0.clone().requires_grad_()
         with kernel.use_backend("native"), monkeypatch.context() as patch:
             if path == "jax":

@@ -115,17 +115,28 @@ struct Neurons {
   const T *dt_a, *den, *scale;
 };
 
+// A field of a block's neurons read in a loop: its row, or (kUniform: every neuron has the same value) that
+// value, read once before the loop and kept in a register.
+template <typename T, bool kUniform>
+struct Field {
+  const T* row;
+  T value;
+  explicit Field(const T* r) : row(r), value(r[0]) {}
+  T operator[](int64_t j) const { return kUniform ? value : row[j]; }
+};
+
 // Forward step for n neurons: reads the pre-step state (v_in, u_in), writes the post-step state to
 // (v_out, u_out) (other arrays: the next scratch rows or trace rows), the 0/1 spike, and
 // x, mem and the unclipped membrane `raw` (v* = Clip(raw), see Integrate) when asked for (kX, kMem, kRaw).
-// With kRaw, returns whether the clip bounded any u' (whose reverse then needs u), else false.
-template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
+// With kRaw, returns whether the clip bounded any u' (whose reverse then needs u), else false. kUniform: every
+// neuron of the block has the same fields (see Field).
+template <typename T, int kScheme, bool kX, bool kMem, bool kRaw, bool kUniform = false>
 inline bool ForwardStep(int64_t n, const T* IZH_RESTRICT current, const Neurons<T>& q, const T* IZH_RESTRICT v_in,
                         const T* IZH_RESTRICT u_in, T* IZH_RESTRICT v_out, T* IZH_RESTRICT u_out,
                         T* IZH_RESTRICT spike, T* IZH_RESTRICT x, T* IZH_RESTRICT mem, T* IZH_RESTRICT raw,
                         const Constants<T>& k) {
-  const T *vr = q.p[kVr], *c = q.p[kC], *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *d = q.p[kD];
-  const T *dt_a = q.dt_a, *den = q.den, *scale = q.scale;
+  const Field<T, kUniform> vr(q.p[kVr]), c(q.p[kC]), res(q.p[kR]), vpk(q.p[kVpk]), b(q.p[kB]), d(q.p[kD]);
+  const Field<T, kUniform> dt_a(q.dt_a), den(q.den), scale(q.scale);
   int clipped = 0;
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
@@ -265,24 +276,33 @@ inline void ReverseStep(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q
 }
 
 // ReverseStep for euler from the kept unclipped membrane, without u: for a run in which the forward's clip
-// never bounded u' (then dClip/du' = 1) and no parameter gradient is wanted (kExtra false), u enters no
-// value ReverseStep computes. The same operations in the same order, so the same bits; v is the pre-step
-// membrane row (v' of the previous step).
-template <typename T, int kSurrogate>
-inline void ReverseStepEulerUnclipped(int64_t n, const ReverseRow<T>& row, const Neurons<T>& q,
-                                      T* IZH_RESTRICT carry_v, T* IZH_RESTRICT carry_u, const Constants<T>& k) {
-  const T *res = q.p[kR], *vpk = q.p[kVpk], *b = q.p[kB], *dt_a = q.dt_a, *dens = q.den;
-  const ReverseRow<T> r = row;
+// never bounded u' (then dClip/du' = 1), no parameter gradient is wanted (kExtra false) and the cotangents of
+// the per-step v and u are absent (their zeros are added as constants), u enters no value ReverseStep
+// computes. The same operations in the same order, so the same bits. The pre-step membrane is v' of the
+// previous step, derived here from that step's unclipped membrane as MembraneAfter does (kFromRaw:
+// `previous` is that raw row), or given (`previous` is the pre-step v row: the first step). `g_signal` is the
+// spikes' cotangent (with a surrogate) or x's. kUniform: every neuron of the block has the same fields.
+template <typename T, int kSurrogate, bool kUniform, bool kFromRaw>
+inline void ReverseStepEulerUnclipped(int64_t n, const T* IZH_RESTRICT previous, const T* IZH_RESTRICT raw_row,
+                                      const T* IZH_RESTRICT g_signal, const Neurons<T>& q, T* IZH_RESTRICT carry_v,
+                                      T* IZH_RESTRICT carry_u, T* IZH_RESTRICT g_current, const Constants<T>& k) {
+  const Field<T, kUniform> c(q.p[kC]), res(q.p[kR]), vpk(q.p[kVpk]), b(q.p[kB]), dt_a(q.dt_a), dens(q.den);
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
-    const T v = r.v[j], den = dens[j], raw = r.raw[j];
+    T v = previous[j];
+    if constexpr (kFromRaw) {
+      const T v_star_before = Clip(v);
+      v = v_star_before >= vpk[j] ? c[j] : v_star_before;
+    }
+    const T den = dens[j], raw = raw_row[j];
     const T v_star = Clip(raw);
     const bool fired = v_star >= vpk[j];
     const T num_x = v_star - vpk[j];
-    T g_x = r.g_x[j];
-    if constexpr (kSurrogate != kNoSurrogate) g_x = g_x + r.g_spikes[j] * Derivative<T, kSurrogate>(num_x / den, k);
-    const T g_v_next = carry_v[j] + r.g_v[j];
-    const T g_u_star = carry_u[j] + r.g_u[j];
+    T g_x;
+    if constexpr (kSurrogate != kNoSurrogate) g_x = T(0) + g_signal[j] * Derivative<T, kSurrogate>(num_x / den, k);
+    else g_x = g_signal[j];
+    const T g_v_next = carry_v[j] + T(0);
+    const T g_u_star = carry_u[j] + T(0);
     const T g_num_x = g_x / den;
     const T g_v_star = g_num_x + (fired ? T(0) : g_v_next);
     const T h = g_u_star * dt_a[j];
@@ -291,7 +311,7 @@ inline void ReverseStepEulerUnclipped(int64_t n, const ReverseRow<T>& row, const
     const T g_f = g_raw * k.dt;
     carry_v[j] = g_raw + g_f * (T(0.08) * v + T(5.0)) + h * b[j];
     carry_u[j] = g_u - g_f;
-    r.g_current[j] = g_f * res[j];
+    g_current[j] = g_f * res[j];
   }
 }
 

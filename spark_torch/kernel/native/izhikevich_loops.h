@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "izhikevich.h"
@@ -86,6 +87,18 @@ Neurons<T> GatherNeurons(const Periodic<T>* params, int64_t j0, int64_t n, T dt,
   return q;
 }
 
+// Whether every neuron of a block has the same fields, bit for bit (a scalar config, or per-unit fields that
+// have not been made to differ): then the loops read each field once (Field<T, true>), with the same values.
+template <typename T>
+bool UniformBlock(const Neurons<T>& q, int64_t n) {
+  for (int i = 0; i < kNumParams; ++i) {
+    for (int64_t j = 1; j < n; ++j) {
+      if (std::memcmp(q.p[i] + j, q.p[i], sizeof(T)) != 0) return false;
+    }
+  }
+  return true;
+}
+
 // The step constants for `dt` (ms) and the fused surrogate's parameter (see Derivative).
 template <typename T>
 Constants<T> MakeConstants(double dt, int64_t surrogate, double param) {
@@ -149,11 +162,10 @@ constexpr size_t ForwardScratch() {
 
 // The state lives in scratch unless it is traced (kStateTraces: each step reads the previous trace row
 // and writes the next one; u only when no checkpoints of it are kept).
-template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
-void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
+template <typename T, int kScheme, bool kX, bool kMem, bool kRaw, bool kUniform>
+void ForwardSteps(const Forward<T>& f, int64_t j0, int64_t n, T* scratch, const Neurons<T>& q) {
   constexpr int64_t B = kBlock<T>;
   T *v = scratch, *u = v + B, *spike_tmp = u + B, *v_other = spike_tmp + B, *u_other = v_other + B;
-  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, u_other + B);
   f.v0.Gather(j0, n, v);
   f.u0.Gather(j0, n, u);
   const bool traced = f.residuals == kStateTraces;
@@ -176,9 +188,9 @@ void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
     T* spike = f.spikes ? f.spikes + row : spike_tmp;
     T* v_out = traced ? f.v + row : (v_in == v ? v_other : v);  // untraced: two rows in turn
     T* u_out = traced && !f.every ? f.u + row : (u_in == u ? u_other : u);
-    u_clipped |= ForwardStep<T, kScheme, kX, kMem, kRaw>(n, f.current + row, q, v_in, u_in, v_out, u_out, spike,
-                                                         kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr,
-                                                         kRaw ? f.raw + row : nullptr, f.k);
+    u_clipped |= ForwardStep<T, kScheme, kX, kMem, kRaw, kUniform>(
+        n, f.current + row, q, v_in, u_in, v_out, u_out, spike, kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr,
+        kRaw ? f.raw + row : nullptr, f.k);
     if (!f.spikes) for (int64_t j = 0; j < n; ++j) f.spikes_bool[row + j] = spike_tmp[j] != T(0);
     v_in = v_out, u_in = u_out;
   }
@@ -188,6 +200,15 @@ void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
     const T one = T(1);
     __atomic_store(f.u_clipped, &one, __ATOMIC_RELAXED);
   }
+}
+
+// The forward of one block: its fields gathered after the five state and spike rows of `scratch`, then every
+// step, reading each field once when the block's are uniform (worth the check for more than one step).
+template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
+void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
+  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, scratch + 5 * kBlock<T>);
+  if (f.n_steps > 1 && UniformBlock(q, n)) return ForwardSteps<T, kScheme, kX, kMem, kRaw, true>(f, j0, n, scratch, q);
+  ForwardSteps<T, kScheme, kX, kMem, kRaw, false>(f, j0, n, scratch, q);
 }
 
 template <typename T>
@@ -226,6 +247,28 @@ struct Reverse {
 template <typename T>
 size_t ReverseScratch(int64_t every) {
   return (kNeuronRows + kNumParams + 11 + 3 * (std::max<int64_t>(every, 1) + 1)) * kBlock<T>;
+}
+
+// Whether an euler reverse without field gradients may skip u (ReverseStepEulerUnclipped): the forward kept
+// its raw trace, its clip never bounded u', and no cotangent of the per-step v and u (nor, with a surrogate,
+// of x) is given.
+template <typename T>
+bool SkipsRecovery(const Reverse<T>& r, int surrogate) {
+  auto absent = [](const Cotangent<T>& g) { return g.per_step == nullptr && g.constant.period == 0; };
+  return r.residuals == kRawTrace && r.u_clipped != nullptr && *r.u_clipped == T(0) && absent(r.g_v) &&
+         absent(r.g_u) && (surrogate == kNoSurrogate || absent(r.g_x));
+}
+
+// ReverseStepEulerUnclipped for a block's fields (uniform or not) and its first step (from_raw false: `previous`
+// is the initial v) or a later one (`previous` is the previous step's raw row).
+template <typename T, int kSurrogate, typename... Args>
+void ReverseStepSkippingRecovery(bool uniform, bool from_raw, int64_t n, Args... args) {
+  if (uniform) {
+    if (from_raw) return ReverseStepEulerUnclipped<T, kSurrogate, true, true>(n, args...);
+    return ReverseStepEulerUnclipped<T, kSurrogate, true, false>(n, args...);
+  }
+  if (from_raw) return ReverseStepEulerUnclipped<T, kSurrogate, false, true>(n, args...);
+  return ReverseStepEulerUnclipped<T, kSurrogate, false, false>(n, args...);
 }
 
 template <typename T, int kScheme, int kSurrogate, bool kExtra, bool kRaw>
@@ -283,15 +326,16 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   auto run_row = [&](T* rows, int64_t i) { return rows + i * B; };
   auto raw_at = [&](int64_t t) { return r.raw + t * r.m + j0; };
   if constexpr (kRaw && kScheme == kEuler && !kExtra) {
-    if (r.residuals == kRawTrace && r.u_clipped != nullptr && *r.u_clipped == T(0)) {  // u is not needed
+    if (SkipsRecovery(r, kSurrogate)) {
+      const bool uniform = UniformBlock(q, n);
+      const int signal = kSurrogate != kNoSurrogate ? 3 : 0;  // the spikes' cotangent, or x's
       for (int64_t t = r.n_steps - 1; t >= 0; --t) {
         const int64_t row = t * r.m + j0;
         if (t > 1) Prefetch(raw_at(t - 2), n, false);
         if (t > 0) Prefetch(r.g_current + row - r.m, n, true);
-        if (t > 0) MembraneAfter<T>(n, q, raw_at(t - 1), run_v);
-        const ReverseRow<T> rows{t ? run_v : v0, nullptr, nullptr, nullptr, raw_at(t), row_of(0, t), row_of(1, t),
-                                 row_of(2, t), row_of(3, t), row_of(4, t), r.g_current + row};
-        ReverseStepEulerUnclipped<T, kSurrogate>(n, rows, q, carry_v, carry_u, r.k);
+        if (t > 0) Prefetch(cotangents[signal]->per_step ? cotangents[signal]->per_step + row - r.m : nullptr, n, false);
+        ReverseStepSkippingRecovery<T, kSurrogate>(uniform, t > 0, n, t ? raw_at(t - 1) : v0, raw_at(t),
+                                                   row_of(signal, t), q, carry_v, carry_u, r.g_current + row, r.k);
       }
       return finish();
     }

@@ -14,7 +14,7 @@ import torch
 
 from . import persistence
 from .config import IzhikevichSomaConfig
-from .execution.call import FLOAT_DTYPES as SUPPORTED_DTYPES
+from .execution.call import FLOAT_DTYPES as SUPPORTED_DTYPES, nonfinite_current
 from .execution.shape_executor import has_no_data
 
 #: snnTorch keyword arguments that have no meaning for the Izhikevich model, with the reason.
@@ -114,9 +114,10 @@ def resolve_learnable(learnable, learn_threshold: bool) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names + (("threshold",) if learn_threshold else ())))
 
 
-def check_current(cur, name: str, sequence: bool, units: Optional[tuple[int, ...]], check_finite: bool) -> None:
-    """``cur`` is a float32/float64 tensor ``[B, *units]`` (``[T, B, *units]`` with ``sequence``), not empty,
-    and (with ``check_finite``, outside ``torch.compile``) finite; ``units=None``: any neuron shape."""
+def check_current(cur, name: str, sequence: bool, units: Optional[tuple[int, ...]]) -> None:
+    """``cur`` is a float32/float64 tensor ``[B, *units]`` (``[T, B, *units]`` with ``sequence``), not empty;
+    ``units=None``: any neuron shape. (Whether it is finite is checked by the kernel call:
+    ``KernelCall.check_finite``.)"""
     if not isinstance(cur, torch.Tensor):
         raise TypeError(f"`{name}` must be a torch.Tensor, got {type(cur).__name__}")
     if cur.dtype not in SUPPORTED_DTYPES:
@@ -130,8 +131,6 @@ def check_current(cur, name: str, sequence: bool, units: Optional[tuple[int, ...
         raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: expected {layout} with units {units}")
     if cur.numel() == 0:
         raise ValueError(f"`{name}` has shape {tuple(cur.shape)}: empty input (T = 0 or B = 0) is not accepted")
-    if check_finite and not torch.compiler.is_compiling() and not all_finite(cur):
-        raise ValueError(f"`{name}` contains NaN or Inf; pass finite currents (or check_finite=False)")
 
 
 def check_params_match(cur: torch.Tensor, fields: Mapping[str, torch.Tensor]) -> None:
@@ -158,7 +157,9 @@ def check_call(layer, cur: torch.Tensor, mem: Optional[torch.Tensor]) -> tuple[i
             "the next, so a step-mode layer, init_hidden=True or a `mem` argument would silently restart "
             "every call; export a sequence-mode layer (sequence=True, init_hidden=False) called without "
             "`mem`, which runs a whole [T, B, *units] input from rest in one call")
-    check_current(cur, "cur", layer.sequence, layer.units, layer.check_finite)
+    check_current(cur, "cur", layer.sequence, layer.units)
+    if layer.check_finite and not layer.built and not torch.compiler.is_compiling() and not all_finite(cur):
+        raise nonfinite_current()  # before the build; a built layer's kernel call checks (KernelCall.check_finite)
     state_shape = tuple(cur.shape[1:] if layer.sequence else cur.shape)
     if mem is not None:
         check_state_tensor(mem, state_shape, cur.dtype)

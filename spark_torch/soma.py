@@ -82,8 +82,8 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
         learn_graded_spikes_factor, learn_threshold: as in snnTorch (``learn_threshold=True`` adds
             ``"threshold"`` to ``learnable``).
         reset_mechanism: only ``"zero"`` (the model resets to ``potential_reset``) is accepted.
-        check_finite: reject NaN/Inf input with a ``ValueError`` (one reduction per call; set
-            ``False`` to skip it).
+        check_finite: reject NaN/Inf input with a ``ValueError`` (the native kernel checks each input row
+            as it reads it; else one reduction per call; ``False`` skips it).
         fuse_surrogate: evaluate snnTorch's built-in ``atan``, ``fast_sigmoid`` and ``sigmoid`` (the
             default ``spike_grad`` included) inside the kernel's reverse loop instead of with torch ops
             (same gradient, less memory traffic); other callables always run in torch.
@@ -270,7 +270,8 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
         compiling = torch.compiler.is_compiling()
         # under torch.compile dt crosses as a 0-d tensor: a float would be guarded by value
         call = KernelCall(self._dt if compiling else self.config.dt, self.config.scheme, surrogate, surrogate_param,
-                          self.checkpoint_recovery, step=not self.sequence)
+                          self.checkpoint_recovery, step=not self.sequence,
+                          check_finite=self.check_finite and not compiling)
         out = execution.run(call, cur, v0, u0, fields, self._param_views)
         if not self.sequence:
             v, u, mem = out.v, out.u, out.mem

@@ -169,3 +169,33 @@ def test_large_outputs_reuse_the_pooled_memory_of_earlier_calls(native_kernel):
     after = memory_pool.stats()
     assert after["mapped_blocks_total"] == before["mapped_blocks_total"]
     assert after["reuses_total"] >= before["reuses_total"] + 3 * 4  # spikes, mem, raw trace, input gradient
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_the_forward_flags_a_nonfinite_input_wherever_it_lies(native_kernel, dtype, value, monkeypatch):
+    """The direct executor's forward checks the input in its own pass over it (no reduction before the call):
+    one NaN or ±Inf anywhere — the first or last element, a middle block, a call that runs on several threads,
+    a step call, with or without a backward to serve — raises the layer's error and leaves its state as it was;
+    a finite input passes, and ``check_finite=False`` lets the value through."""
+    from spark_torch import inputs, kernel
+
+    T, B, N = 16, 3, 6000  # above interface.PARALLEL_WORK: blocks on several threads
+    x = torch.rand(T, B, N, dtype=dtype)
+    for sequence, grad in ((True, False), (True, True), (False, False), (False, True)):
+        layer = IzhikevichSoma(resistance=10.0, units=(N,), sequence=sequence).to(dtype)
+        unchecked = IzhikevichSoma(resistance=10.0, units=(N,), sequence=sequence, check_finite=False).to(dtype)
+        good = x if sequence else x[0]
+        with kernel.use_backend("native"), monkeypatch.context() as patch:
+            mem = layer(good)[1].clone()
+            patch.setattr(inputs, "all_finite", lambda t: pytest.fail("a reduction checked the input"))
+            state = (layer.potential.clone(), layer.recovery.clone())
+            for index in (0, good.numel() - 1, good.numel() // 2 + 1234):
+                bad = good.clone()
+                bad.view(-1)[index] = value
+                with pytest.raises(ValueError, match=r"`cur` contains NaN or Inf"):
+                    layer(bad.requires_grad_(grad))
+                assert torch.equal(layer.potential, state[0]) and torch.equal(layer.recovery, state[1])
+                unchecked(bad)
+            if sequence:  # from rest again: the same membranes as before the refused calls
+                assert torch.equal(layer(good)[1], mem)

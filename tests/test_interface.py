@@ -56,7 +56,7 @@ def _direct_forward(entry_points, scheme_code=0, dtype_code=0, period=3, n_opera
     steps = np.array([1], np.int32)
     outputs = [np.full(m, 7.0, np.float32) for _ in range(4)]
     operands = [current, v0, u0, *params, steps]
-    results = [outputs[0], None, outputs[1], outputs[2], outputs[3], None, None, None, None]
+    results = [outputs[0], None, outputs[1], outputs[2], outputs[3], None, None, None, None, None]
     view = lambda a: interface.View(None, 0) if a is None else interface.View(a.ctypes.data, a.size)
     in_views = (interface.View * len(operands))(*map(view, operands))
     out_views = (interface.View * len(results))(*map(view, results))
@@ -97,7 +97,7 @@ def test_ffi_handler_rejects_an_unknown_scheme_code(library):
     current = jnp.ones((2, 3), jnp.float32)
     periodic = [jnp.full((3,), v, jnp.float32) for v in (-65.0, -13.0, -65.0, -65.0, 1.0, 30.0, 0.02, 0.2, 8.0)]
     results = tuple(jax.ShapeDtypeStruct(s, jnp.float32) for s in ((2, 3), (0,), (2, 3), (2, 3), (0,), (0,), (0,), (0,),
-                                                                   (0,)))
+                                                                   (0,), (0,)))
     call = jax.ffi.ffi_call(interface.FORWARD_TARGET, results)
     with pytest.raises(Exception, match="scheme"):
         jax.block_until_ready(call(current, *periodic, jnp.int32(2), dt=np.float64(1.0), scheme=np.int64(7),

@@ -30,7 +30,10 @@ class KernelCall(NamedTuple):
     no gradient; ``x`` is returned for a torch-side surrogate) or a fused snnTorch surrogate's name with its
     parameter ``surrogate_param`` (the spikes' cotangent becomes dL/dx inside the reverse loop; no ``x``);
     ``recovery_checkpoints``: keep ``u`` only every ~√T steps for the backward; ``step``: ``current`` is one
-    step ``[*state]`` (state in and out at that shape) rather than a sequence ``[T, *state]``.
+    step ``[*state]`` (state in and out at that shape) rather than a sequence ``[T, *state]``;
+    ``check_finite``: raise ``ValueError`` (:func:`nonfinite_current`) when ``current`` holds a NaN or ±Inf —
+    found by the native kernel's forward in its own pass over the input (the direct executor), else by one
+    reduction before the call.
     """
 
     dt: float
@@ -39,9 +42,15 @@ class KernelCall(NamedTuple):
     surrogate_param: float = 0.0
     recovery_checkpoints: bool = False
     step: bool = False
+    check_finite: bool = False
 
     def state_shape(self, current: torch.Tensor) -> torch.Size:
         return current.shape if self.step else current.shape[1:]
+
+
+def nonfinite_current() -> ValueError:
+    """The error of a call whose ``current`` holds a NaN or ±Inf (:attr:`KernelCall.check_finite`)."""
+    return ValueError("`cur` contains NaN or Inf; pass finite currents (or check_finite=False)")
 
 
 class Outputs(NamedTuple):

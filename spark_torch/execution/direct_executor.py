@@ -38,7 +38,7 @@ from ..kernel import native
 from ..kernel.native import interface
 from ..kernel import recovery_checkpoint_interval
 from .call import (PARAMETERS, Cotangents, KernelCall, Outputs, Residuals, compact_cotangent, input_gradients,
-                   uniform_as_scalar)
+                   nonfinite_current, uniform_as_scalar)
 
 _ERROR_SIZE = 512
 _DTYPE_CODES = {torch.float32: interface.dtype_code("float32"), torch.float64: interface.dtype_code("float64")}
@@ -173,6 +173,7 @@ class DirectExecutor:
     """
 
     name = "direct"
+    checks_finite = True  # the forward's kernel flags a NaN or ±Inf input in its own pass over it
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         """``(Outputs, Residuals)`` (see the class docstring for ``keep``)."""
@@ -196,6 +197,7 @@ class DirectExecutor:
         v_checkpoints = _new(current, checkpoints_shape, n_checkpoints * m) if layout == "checkpoints" else None
         u_checkpoints = _new(current, checkpoints_shape, n_checkpoints * m) if every else None
         u_clipped = current.new_empty(1) if layout == "raw_trace" else None
+        nonfinite = current.new_empty(1) if call.check_finite else None
         steps, model = _step_count(t_buf), _model_views(v0, u0, params, state_shape, m, views)
         operands = [(current, _buffer(current, "current", dtype, rows)), *model,
                     (steps, _buffer(steps, "n_steps", torch.int32, 1))]
@@ -204,13 +206,16 @@ class DirectExecutor:
                    (mem, _buffer(mem, "mem", dtype, rows)), (raw, _buffer(raw, "raw", dtype, rows)),
                    *((c, _buffer(c, name, dtype, n_checkpoints * m)) for c, name in (
                        (v_checkpoints, "v_checkpoints"), (u_checkpoints, "u_checkpoints"))),
-                   (u_clipped, _buffer(u_clipped, "u_clipped", dtype, 1))]
+                   (u_clipped, _buffer(u_clipped, "u_clipped", dtype, 1)),
+                   (nonfinite, _buffer(nonfinite, "nonfinite_current", dtype, 1))]
         attributes = interface.Attributes(dtype=_DTYPE_CODES[dtype], t_buf=t_buf, m=m, dt=call.dt,
                                           scheme=interface.scheme_code(call.scheme),
                                           residuals=interface.residuals_code(layout), every=every,
                                           threads=torch.get_num_threads())
         bridge.crossings["forward"] += 1
         _call(native.entry_points().forward, attributes, operands, results, "forward")
+        if nonfinite is not None and nonfinite.item():
+            raise nonfinite_current()
         if not call.step and v.dim() < current.dim():  # a sequence's final state, [1, *state]
             v = v[None]
         if not call.step and u.dim() < current.dim():

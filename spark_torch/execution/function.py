@@ -15,9 +15,9 @@ from typing import Optional
 
 import torch
 
-from .. import bridge
+from .. import bridge, inputs
 from . import custom_op, route
-from .call import Cotangents, KernelCall, Outputs, check_operands, differentiable
+from .call import Cotangents, KernelCall, Outputs, check_operands, differentiable, nonfinite_current
 from .double_backward import refuse_double_backward
 
 class KernelFunction(torch.autograd.Function):
@@ -64,12 +64,16 @@ def run(call: KernelCall, current: torch.Tensor, v0: torch.Tensor, u0: torch.Ten
     """
     check_operands(call, current, v0, u0, params)
     if torch.compiler.is_compiling():
-        return custom_op.run_traced(call, current, v0, u0, params)
+        return custom_op.run_traced(call, current, v0, u0, params)  # the layer checks nothing while compiling
     check_not_forked()
+    executor = route.executor_for(call, current)
+    if call.check_finite and not executor.checks_finite:  # else the executor's kernel checks as it reads
+        if not inputs.all_finite(current):
+            raise nonfinite_current()
+        call = call._replace(check_finite=False)
     if not differentiable(current, v0, u0, params):
         call = call._replace(recovery_checkpoints=False)  # nothing to recompute without a backward
-        return route.executor_for(call, current).forward(call, current, v0, u0, params, views, keep="final_state")[0]
-    executor = route.executor_for(call, current)
+        return executor.forward(call, current, v0, u0, params, views, keep="final_state")[0]
     spikes, x, v, u, mem = KernelFunction.apply(call, executor, views, current, v0, u0, *params)
     return Outputs(spikes, x, v, u, mem)
 

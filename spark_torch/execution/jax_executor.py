@@ -125,6 +125,7 @@ class JaxExecutor:
     """:meth:`forward` and :meth:`backward` of a kernel call through JAX (module docstring)."""
 
     name = "jax"
+    checks_finite = False  # the input is checked before the call (``KernelCall.check_finite``)
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         """``(Outputs, Residuals)``; ``keep="final_state"``: ``v``, ``u`` are the final state only, else traces

@@ -36,6 +36,7 @@ class ShapeExecutor:
     """Outputs and gradients of the right shapes, computing nothing (module docstring)."""
 
     name = "shape"
+    checks_finite = False  # shapes only: nothing to check
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         state = call.state_shape(current)

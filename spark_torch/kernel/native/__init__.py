@@ -158,6 +158,7 @@ def _simulate_native(current, state: IzhikevichState, params: IzhikevichParams, 
                "mem": jax.ShapeDtypeStruct(steps if return_mem else (0,), dtype),
                "raw": jax.ShapeDtypeStruct((0,), dtype), "v_checkpoints": jax.ShapeDtypeStruct((0,), dtype),
                "u_clipped": jax.ShapeDtypeStruct((0,), dtype),
+               "nonfinite_current": jax.ShapeDtypeStruct((0,), dtype),
                "u_checkpoints": jax.ShapeDtypeStruct((-(-n_buffer // every), *state_shape) if every else (0,), dtype)}
     operands = {"current": current, **_model_operands(state, params, dtype, state_shape),
                 "n_steps": jnp.asarray(n_steps).astype(jnp.int32)}

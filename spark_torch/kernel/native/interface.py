@@ -39,8 +39,11 @@ RESIDUALS = ("final_state", "state_traces", "raw_trace", "checkpoints")
 #: (traces ``[t_buf, m]`` with ``state_traces``, else the final state ``[m]``; u is final whenever it has
 #: checkpoints), then ``raw`` ``[t_buf, m]`` and the checkpoints ``[ceil(t_buf/every), m]`` of the
 #: residuals mode (every other one empty), and ``u_clipped`` (``raw_trace``, optional: one element, 1 when
-#: the clip bounded any u', else 0; without it, and at 0, the euler reverse loop need not recompute u).
-FORWARD_RESULTS = ("spikes", "x", "v", "u", "mem", "raw", "v_checkpoints", "u_checkpoints", "u_clipped")
+#: the clip bounded any u', else 0; without it, and at 0, the euler reverse loop need not recompute u), and
+#: ``nonfinite_current`` (optional: one element, 1 when the input of the steps run holds a NaN or ±Inf, else 0;
+#: checked in the forward's own pass over the input).
+FORWARD_RESULTS = ("spikes", "x", "v", "u", "mem", "raw", "v_checkpoints", "u_checkpoints", "u_clipped",
+                   "nonfinite_current")
 #: The operands of a reverse call: the forward's, what it kept (as its results; exactly those of the
 #: mode, the others empty), the cotangents of x, v, u, the spikes and mem (each empty, periodic, or per
 #: step; v's and u's only where they are traces), and those of the final v and u (where they are not).

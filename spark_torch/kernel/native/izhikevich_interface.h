@@ -30,9 +30,10 @@ enum ForwardOperand : int { kFwdCurrent = 0, kFwdV0, kFwdU0, kFwdParams, kFwdSte
                             kNumForwardOperands };
 // Results: the spikes, x and mem ([t_buf, m]; x, mem may be empty: not asked for), v and u (traces or the
 // final state), and the residuals of the attributes' `residuals` mode (Residuals; the others empty);
-// u_clipped (raw_trace, optional: one element) is set to 1 when the clip bounded any u', else 0.
+// u_clipped (raw_trace, optional: one element) is set to 1 when the clip bounded any u', else 0;
+// nonfinite_current (optional: one element) is set to 1 when the input of a step run holds a NaN or ±Inf, else 0.
 enum ForwardResult : int { kSpikes = 0, kX, kV, kU, kMem, kRawMembrane, kVCheckpoints, kUCheckpoints, kUClipped,
-                           kNumForwardResults };
+                           kNonfiniteCurrent, kNumForwardResults };
 // Operands of the reverse call: the forward's operands, what it kept (Residuals: spikes and state traces,
 // the raw membrane trace, checkpoints), the cotangents of x, v, u, the spikes and mem, and those of the
 // final v and u (where the forward returned the final state only).
@@ -45,7 +46,7 @@ enum ReverseResult : int { kGCurrent = 0, kGV0, kGU0, kGParams, kNumReverseResul
                         "recovery_sensitivity", "recovery_update"
 constexpr const char* kForwardOperandNames[] = {"current", "v0", "u0", IZH_PARAM_NAMES, "n_steps"};
 constexpr const char* kForwardResultNames[] = {"spikes", "x", "v", "u", "mem", "raw", "v_checkpoints",
-                                               "u_checkpoints", "u_clipped"};
+                                               "u_checkpoints", "u_clipped", "nonfinite_current"};
 constexpr const char* kReverseOperandNames[] = {"current", "v0", "u0", IZH_PARAM_NAMES, "spikes", "v", "u", "raw",
                                                 "v_checkpoints", "u_checkpoints", "u_clipped", "g_x", "g_v", "g_u", "g_spikes",
                                                 "g_mem", "g_v_final", "g_u_final", "n_steps"};
@@ -200,11 +201,13 @@ Status MakeForward(const Attributes& a, const View* in, const View* out, Forward
   IZH_CHECK(CheckCount(out[kVCheckpoints], a.residuals == kCheckpoints ? checkpoint_rows : 0, "v_checkpoints"));
   IZH_CHECK(CheckCount(out[kUCheckpoints], checkpoint_rows, "u_checkpoints"));
   IZH_CHECK(CheckCount(out[kUClipped], a.residuals == kRawTrace ? 1 : 0, "u_clipped", a.residuals == kRawTrace));
+  IZH_CHECK(CheckCount(out[kNonfiniteCurrent], 1, "nonfinite_current", true));
   f.spikes = a.spikes_bool ? nullptr : static_cast<T*>(out[kSpikes].data);
   f.spikes_bool = a.spikes_bool ? static_cast<uint8_t*>(out[kSpikes].data) : nullptr;
   auto data = [&](int i) { return out[i].count ? static_cast<T*>(out[i].data) : nullptr; };
   f.x = data(kX), f.v = data(kV), f.u = data(kU), f.mem = data(kMem), f.raw = data(kRawMembrane);
   f.v_checkpoints = data(kVCheckpoints), f.u_checkpoints = data(kUCheckpoints), f.u_clipped = data(kUClipped);
+  f.nonfinite_current = data(kNonfiniteCurrent);
   return Status{};
 }
 
@@ -325,6 +328,7 @@ void RunForward(const Attributes& a, Forward<T>& f, ForEachBlockFn for_each_bloc
     Zero(out ? out + done : nullptr, tail);
   }
   if (f.u_clipped) *f.u_clipped = T(0);  // blocks that bound a u' set it to 1
+  if (f.nonfinite_current) *f.nonfinite_current = T(0);  // blocks that read a NaN or ±Inf set it to 1
   if (f.every) {
     const int64_t written = (f.n_steps + f.every - 1) / f.every, total = (a.t_buf + f.every - 1) / f.every;
     Zero(f.u_checkpoints + written * f.m, (total - written) * f.m);

@@ -132,6 +132,22 @@ void ForEachBlockOnThisThread(int64_t m, size_t scratch_size, Block block) {
   for (int64_t j0 = 0; j0 < m; j0 += kBlock<T>) block(j0, std::min(kBlock<T>, m - j0), scratch.data());
 }
 
+// Whether none of n values is a NaN or ±Inf (x - x is 0 exactly for the finite ones).
+template <typename T>
+bool AllFinite(int64_t n, const T* IZH_RESTRICT values) {
+  int nonfinite = 0;
+  IZH_VECTORIZE
+  for (int64_t j = 0; j < n; ++j) nonfinite |= (values[j] - values[j]) != T(0);
+  return nonfinite == 0;
+}
+
+// Sets a one-element flag result to 1 (blocks on several threads may all set it).
+template <typename T>
+void SetFlag(T* flag) {
+  const T one = T(1);
+  __atomic_store(flag, &one, __ATOMIC_RELAXED);
+}
+
 // ---- forward ----------------------------------------------------------------------------------
 
 // What a forward keeps for its reverse pass (besides the final state, which every mode writes):
@@ -151,6 +167,7 @@ struct Forward {
   Periodic<T> v0, u0, params[kNumParams];
   T *spikes, *x, *v, *u, *mem, *raw, *v_checkpoints, *u_checkpoints;  // spikes null when they are bool
   T* u_clipped;  // kRawTrace (or null): set to 1 when the clip bounded any u' (the reverse then needs u)
+  T* nonfinite_current;  // or null: set to 1 when an input row of the steps run holds a NaN or ±Inf
   uint8_t* spikes_bool;
 };
 
@@ -170,7 +187,7 @@ void ForwardSteps(const Forward<T>& f, int64_t j0, int64_t n, T* scratch, const 
   f.u0.Gather(j0, n, u);
   const bool traced = f.residuals == kStateTraces;
   const T *v_in = v, *u_in = u;
-  bool u_clipped = false;
+  bool u_clipped = false, nonfinite = false;
   for (int64_t t = 0; t < f.n_steps; ++t) {
     const int64_t row = t * f.m + j0;
     if (f.every && t % f.every == 0) {
@@ -192,14 +209,14 @@ void ForwardSteps(const Forward<T>& f, int64_t j0, int64_t n, T* scratch, const 
         n, f.current + row, q, v_in, u_in, v_out, u_out, spike, kX ? f.x + row : nullptr, kMem ? f.mem + row : nullptr,
         kRaw ? f.raw + row : nullptr, f.k);
     if (!f.spikes) for (int64_t j = 0; j < n; ++j) f.spikes_bool[row + j] = spike_tmp[j] != T(0);
+    if (f.nonfinite_current && !nonfinite) nonfinite = !AllFinite(n, f.current + row);  // the row is in L1 now
     v_in = v_out, u_in = u_out;
   }
   if (!traced) std::copy_n(v_in, n, f.v + j0);
   if (!traced || f.every) std::copy_n(u_in, n, f.u + j0);
-  if (u_clipped && f.u_clipped) {  // blocks may run on several threads: every writer stores the same 1
-    const T one = T(1);
-    __atomic_store(f.u_clipped, &one, __ATOMIC_RELAXED);
-  }
+  // blocks may run on several threads: every writer of a flag stores the same 1
+  if (u_clipped && f.u_clipped) SetFlag(f.u_clipped);
+  if (nonfinite) SetFlag(f.nonfinite_current);
 }
 
 // The forward of one block: its fields gathered after the five state and spike rows of `scratch`, then every

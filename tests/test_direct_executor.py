@@ -1,6 +1,7 @@
 """spark_torch.execution.direct_executor: the C loops on torch's memory, and the checks on every address it
 hands to C (dtype, device, contiguity, element count or period)."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -199,3 +200,19 @@ def test_the_forward_flags_a_nonfinite_input_wherever_it_lies(native_kernel, dty
                 unchecked(bad)
             if sequence:  # from rest again: the same membranes as before the refused calls
                 assert torch.equal(layer(good)[1], mem)
+
+
+def test_large_calls_run_on_torchs_openmp_threads(native_kernel):
+    """Where torch's operations run on OpenMP, a large call's blocks run on a team of the same runtime's threads:
+    the ``GOMP_parallel`` that ``libtorch_cpu`` binds, in an OpenMP runtime torch loaded (the bit-identity of
+    one and two threads is pinned above)."""
+    from spark_torch.execution.direct_executor import torch_parallel_region
+
+    if not torch.backends.openmp.is_available():
+        pytest.skip("this torch runs its operations without OpenMP")
+    region = torch_parallel_region()
+    assert region is not None
+    with open("/proc/self/maps") as maps:
+        owner = next(line.split()[-1] for line in maps
+                     if int(line.split("-")[0], 16) <= region < int(line.split()[0].split("-")[1], 16))
+    assert "omp" in os.path.basename(owner), owner

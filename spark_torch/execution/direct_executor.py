@@ -5,7 +5,8 @@ results before any arithmetic, which an snnTorch step loop pays at every time st
 (:mod:`.route`) the layer therefore calls the same compiled loops through their plain C entry points
 (:func:`spark_torch.kernel.native.entry_points`): the results are allocated here, the loops write them in
 place; calls above ``interface.PARALLEL_WORK`` neuron-steps share their blocks of neurons among at most
-``torch.get_num_threads()`` threads of the library's own pool. Blocks are independent and both ways run
+``torch.get_num_threads()`` threads (a team of torch's own OpenMP threads, see :func:`_entry_points`; else the
+library's own pool). Blocks are independent and both ways run
 the same checks and loops, so spikes, membranes, state and the gradients of the input and initial state
 are bit-identical to the JAX executor's on the native backend, whatever the thread count; gradients of
 fields that broadcast over the batch are summed by torch here (by XLA there), equal to rounding.
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import array
 import ctypes
+import glob
+import os
 import threading
 from typing import Optional
 
@@ -101,6 +104,37 @@ def _model_views(v0, u0, params, state_shape: torch.Size, m: int, views: Optiona
         if views is not None and operand is field:
             views[("direct", name)] = (field, state_shape, *entry)
     return model
+
+
+def torch_parallel_region() -> Optional[int]:
+    """The address of ``GOMP_parallel`` in the OpenMP runtime that torch's CPU operations run on (``None``
+    where torch uses none): the definition ``libtorch_cpu`` itself binds, looked up among the libraries
+    already loaded (nothing new is loaded)."""
+    if not torch.backends.openmp.is_available():
+        return None
+    for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*"))):
+        try:  # dlsym on libtorch_cpu's handle searches it, then its dependencies: torch's own runtime
+            region = getattr(ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_NOW), "GOMP_parallel")
+        except (OSError, AttributeError):
+            continue
+        return ctypes.cast(region, ctypes.c_void_p).value
+    return None
+
+
+_host_threads_chosen = False
+
+
+def _entry_points() -> interface.EntryPoints:
+    """The native kernel's direct entry points; on first use, its threads are set to run on torch's OpenMP
+    threads (:func:`torch_parallel_region`): after each of its operations those keep spinning for a while,
+    and on a small machine a second pool of threads would compete with them for the cores. (A child forked
+    from this process runs no kernel call: JAX has started here, see ``function.check_not_forked``.)"""
+    global _host_threads_chosen
+    entry_points = native.entry_points()
+    if not _host_threads_chosen:
+        entry_points.use_host_threads(torch_parallel_region())
+        _host_threads_chosen = True
+    return entry_points
 
 
 _errors = threading.local()
@@ -213,7 +247,7 @@ class DirectExecutor:
                                           residuals=interface.residuals_code(layout), every=every,
                                           threads=torch.get_num_threads())
         bridge.crossings["forward"] += 1
-        _call(native.entry_points().forward, attributes, operands, results, "forward")
+        _call(_entry_points().forward, attributes, operands, results, "forward")
         if nonfinite is not None and nonfinite.item():
             raise nonfinite_current()
         if not call.step and v.dim() < current.dim():  # a sequence's final state, [1, *state]
@@ -260,7 +294,7 @@ class DirectExecutor:
             surrogate_param=call.surrogate_param, residuals=interface.residuals_code(layout), every=every,
             per_step=per_step, threads=torch.get_num_threads())
         bridge.crossings["backward"] += 1
-        _call(native.entry_points().reverse, attributes, operands, results, "reverse")
+        _call(_entry_points().reverse, attributes, operands, results, "reverse")
         return input_gradients(needs, (g_current, *g_rest), (current, v0, u0, *params))
 
 

@@ -77,7 +77,7 @@ FORWARD_TARGET = "spark_torch_izhikevich_fwd"
 REVERSE_TARGET = "spark_torch_izhikevich_bwd"
 SYMBOLS = {"forward_ffi": "SparkTorchIzhikevichForward", "reverse_ffi": "SparkTorchIzhikevichReverse",
            "forward_direct": "SparkTorchIzhikevichForwardDirect", "reverse_direct": "SparkTorchIzhikevichReverseDirect",
-           "interface": "SparkTorchIzhikevichInterface"}
+           "interface": "SparkTorchIzhikevichInterface", "host_threads": "SparkTorchUseHostThreads"}
 
 _C_TYPE_NAMES = {ctypes.c_int64: "i64", ctypes.c_double: "f64"}
 
@@ -130,6 +130,9 @@ class EntryPoints(NamedTuple):
 
     forward: ctypes._CFuncPtr
     reverse: ctypes._CFuncPtr
+    #: ``use_host_threads(address)``: run the calls' threads on the OpenMP runtime whose ``GOMP_parallel`` is
+    #: at ``address`` (``None``: on the library's own worker threads)
+    use_host_threads: ctypes._CFuncPtr
 
 
 def bind(handle: ctypes.CDLL) -> EntryPoints:
@@ -140,7 +143,9 @@ def bind(handle: ctypes.CDLL) -> EntryPoints:
         function = getattr(handle, symbol)
         function.argtypes, function.restype = _DIRECT_ARGTYPES, ctypes.c_int
         functions.append(function)
-    return EntryPoints(*functions)
+    use_host_threads = getattr(handle, SYMBOLS["host_threads"])
+    use_host_threads.argtypes, use_host_threads.restype = (ctypes.c_void_p,), None
+    return EntryPoints(*functions, use_host_threads)
 
 
 def dtype_code(dtype) -> int:

@@ -3,7 +3,8 @@
 // handlers of izhikevich_ffi.cc (izhikevich_interface.h), without XLA's runtime around them.
 //
 // Small calls (below kParallelWork neuron-steps) run on the calling thread; larger ones share their
-// blocks between it and the WorkerPool's threads (at most `attributes.threads` in all; 0: every core).
+// blocks between it and the host's OpenMP threads (SparkTorchUseHostThreads) or else the WorkerPool's (at
+// most `attributes.threads` in all; 0: every core).
 // Blocks are independent, so results are bit-identical to the FFI handlers' whatever the thread count.
 //
 // Return value: 0, or 1 when an operand breaks the interface's rules; then nothing is written and
@@ -27,14 +28,19 @@
 namespace izh {
 namespace direct {
 
-// ForEachBlock on the calling thread and the WorkerPool, with at most `max_threads` threads (0: every core).
+// ForEachBlock with at most `max_threads` threads (0: every core): the calling thread and a team of the host's
+// OpenMP threads where the caller named that runtime (HostParallelRegion), else the WorkerPool's.
 struct OnWorkers {
   int64_t max_threads;
   template <typename T>
   auto For() const {
     return [max_threads = max_threads](int64_t m, int64_t n_steps, size_t scratch_size, auto block) {
       if (max_threads == 1 || n_steps * m < kParallelWork) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
-      ForEachBlock<T>(WorkerPool::Get(), max_threads > 0 ? max_threads : Cores(), m, n_steps, scratch_size, block);
+      const int64_t threads = max_threads > 0 ? max_threads : Cores();
+      if (ParallelRegionFn region = HostParallelRegion().load(std::memory_order_acquire)) {
+        return ForEachBlockOnTeam<T>(region, threads, m, n_steps, scratch_size, block);
+      }
+      ForEachBlock<T>(WorkerPool::Get(), threads, m, n_steps, scratch_size, block);
     };
   }
 };
@@ -73,6 +79,12 @@ int Run(const Attributes* a, const View* in, int64_t n_in, int64_t want_in, cons
 IZH_EXPORT const char* SparkTorchIzhikevichInterface() {
   static const std::string description = izh::InterfaceDescription();
   return description.c_str();
+}
+
+// Runs the direct calls' threads on the host's OpenMP runtime: `parallel_region` is its GOMP_parallel (see
+// ParallelRegionFn), e.g. that of the runtime torch's operations use; null returns to the library's WorkerPool.
+IZH_EXPORT void SparkTorchUseHostThreads(void* parallel_region) {
+  izh::HostParallelRegion().store(reinterpret_cast<izh::ParallelRegionFn>(parallel_region), std::memory_order_release);
 }
 
 IZH_EXPORT int SparkTorchIzhikevichForwardDirect(const izh::Attributes* attributes, const izh::View* operands,

@@ -32,23 +32,43 @@ inline int64_t Cores() {
   return cores;
 }
 
-// Runs block(j0, n, scratch) for every block of neurons on at most `max_threads` threads (the caller
-// included; `pool.Schedule(task)` starts the others). Workers claim runs of `grain` blocks from a shared
-// counter, so a task that starts late or is preempted (e.g. by another library's spinning threads on a
-// small machine) just takes fewer runs; the caller waits only for runs already claimed.
-template <typename T, typename Pool, typename Block>
-void ForEachBlock(Pool& pool, int64_t max_threads, int64_t m, int64_t n_steps, size_t scratch_size, Block block) {
+// The threads a call above kParallelWork may use: at most max_threads, the cores and its blocks.
+template <typename T>
+int64_t WorkerCount(int64_t max_threads, int64_t m, int64_t n_steps) {
   const int64_t n_blocks = (m + kBlock<T> - 1) / kBlock<T>;
-  const int64_t n_workers = n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
-  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
-  const int64_t grain = std::max<int64_t>(1, n_blocks / (8 * n_workers));  // ~8 runs per worker
-  const int64_t n_runs = (n_blocks + grain - 1) / grain;
-  auto run = [&](int64_t i, T* scratch) {
+  return n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
+}
+
+// A call's blocks in runs of `grain` consecutive blocks (~8 runs per worker), claimed from a shared counter
+// by every thread that works on the call: a thread that starts late or is preempted (e.g. by another
+// library's spinning threads on a small machine) just takes fewer runs.
+template <typename T>
+struct BlockRuns {
+  BlockRuns(int64_t m, int64_t n_workers)
+      : m(m), n_blocks((m + kBlock<T> - 1) / kBlock<T>), grain(std::max<int64_t>(1, n_blocks / (8 * n_workers))),
+        n_runs((n_blocks + grain - 1) / grain) {}
+
+  template <typename Block>
+  void Run(int64_t i, T* scratch, Block& block) const {
     for (int64_t b = i * grain; b < std::min((i + 1) * grain, n_blocks); ++b) {
       const int64_t j0 = b * kBlock<T>;
       block(j0, std::min(kBlock<T>, m - j0), scratch);
     }
-  };
+  }
+
+  int64_t m, n_blocks, grain, n_runs;
+};
+
+// Runs block(j0, n, scratch) for every block of neurons on at most `max_threads` threads (the caller
+// included; `pool.Schedule(task)` starts the others), as BlockRuns; the caller waits only for runs already
+// claimed.
+template <typename T, typename Pool, typename Block>
+void ForEachBlock(Pool& pool, int64_t max_threads, int64_t m, int64_t n_steps, size_t scratch_size, Block block) {
+  const int64_t n_workers = WorkerCount<T>(max_threads, m, n_steps);
+  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
+  const BlockRuns<T> runs(m, n_workers);
+  const int64_t n_runs = runs.n_runs;
+  auto run = [&](int64_t i, T* scratch) { runs.Run(i, scratch, block); };
   struct Shared {
     std::atomic<int64_t> next{0}, done{0};
     std::mutex mutex;
@@ -76,6 +96,42 @@ void ForEachBlock(Pool& pool, int64_t max_threads, int64_t m, int64_t n_steps, s
     std::unique_lock<std::mutex> lock(shared->mutex);
     shared->all_done.wait(lock, finished);
   }
+}
+
+// An OpenMP runtime's entry point for a parallel region, GOMP_parallel(fn, data, num_threads, flags) (the
+// ABI of GNU libgomp, also provided by LLVM's libomp): fn(data) runs on a team of num_threads threads, the
+// caller included, and returns when all have finished.
+using ParallelRegionFn = void (*)(void (*)(void*), void*, unsigned, unsigned);
+
+// The host's OpenMP runtime, when the caller named one (SparkTorchUseHostThreads; null: none): torch runs its
+// own operations on that runtime's threads, which keep spinning for a while after each of them, so a call
+// run on them takes threads that are already awake instead of competing with them for the cores.
+inline std::atomic<ParallelRegionFn>& HostParallelRegion() {
+  static std::atomic<ParallelRegionFn> region{nullptr};
+  return region;
+}
+
+// ForEachBlock on a team of the host's OpenMP threads (HostParallelRegion), as BlockRuns.
+template <typename T, typename Block>
+void ForEachBlockOnTeam(ParallelRegionFn region, int64_t max_threads, int64_t m, int64_t n_steps, size_t scratch_size,
+                        Block block) {
+  const int64_t n_workers = WorkerCount<T>(max_threads, m, n_steps);
+  if (n_workers == 1) return ForEachBlockOnThisThread<T>(m, scratch_size, block);
+  struct Team {
+    BlockRuns<T> runs;
+    size_t scratch_size;
+    Block* block;
+    std::atomic<int64_t> next{0};
+    static void Work(void* data) {
+      Team& team = *static_cast<Team*>(data);
+      std::unique_ptr<Scratch<T>> scratch;  // allocated once this thread has claimed a run
+      for (int64_t i; (i = team.next.fetch_add(1, std::memory_order_relaxed)) < team.runs.n_runs;) {
+        if (!scratch) scratch = std::make_unique<Scratch<T>>(team.scratch_size);
+        team.runs.Run(i, scratch->data(), *team.block);
+      }
+    }
+  } team{BlockRuns<T>(m, n_workers), scratch_size, &block};
+  region(&Team::Work, &team, static_cast<unsigned>(n_workers), 0);
 }
 
 // The direct entry points' threads: one per further core, started on first use; between calls each

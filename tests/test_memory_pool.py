@@ -14,6 +14,7 @@ and each test that reads them starts from a collected heap.
 
 import ctypes
 import gc
+import itertools
 import os
 import signal
 import subprocess
@@ -108,7 +109,7 @@ def test_memory_of_a_live_tensor_is_never_handed_out_twice():
     second.fill_(2.0)
     assert bool((first == 1.0).all()) and bool((second == 2.0).all())
     del second
-    third = empty(shape)  # takes the second's block, never the first's
+    third = empty(shape)  # takes cached memory (the second's or other), never the first's
     third.fill_(3.0)
     assert bool((first == 1.0).all()) and bool((third == 3.0).all())
 
@@ -139,17 +140,120 @@ def test_cached_plus_in_use_never_exceeds_the_high_water_mark():
         assert now["in_use_bytes"] + now["cached_bytes"] <= peak, now
 
 
-def test_a_new_block_evicts_cached_blocks_beyond_the_bound():
+def _carve(total_mib: int, sizes_mib) -> tuple[int, list[torch.Tensor]]:
+    """From an empty cache: one fresh range of ``total_mib`` MiB, freed, then tensors of ``sizes_mib`` MiB
+    split off its front one after another (each takes the smallest free range that holds it, here always
+    the rest of this one). Returns the range's address and the tensors, checked to lie back to back."""
     memory_pool.release_cached_memory(HANDLE)
-    big = empty((8 * MIB,), torch.uint8)
-    del big  # cached: 8 MiB, and the most ever in use (since the trim) is 8 MiB more than now
+    whole = empty((total_mib * MIB,), torch.uint8)
+    address = whole.data_ptr()
+    del whole
     before = stats()
-    small = empty((4 * MIB,), torch.uint8)  # too small to take the 8 MiB block: a new one, the old one goes
+    parts = [empty((n * MIB,), torch.uint8) for n in sizes_mib]
+    after = stats()
+    offsets = [sum(sizes_mib[:i]) * MIB for i in range(len(sizes_mib))]
+    assert [part.data_ptr() - address for part in parts] == offsets
+    assert after["mapped_blocks_total"] == before["mapped_blocks_total"]
+    assert after["reuses_total"] == before["reuses_total"] + len(sizes_mib)
+    return address, parts
+
+
+def test_a_smaller_request_splits_a_cached_range():
+    memory_pool.release_cached_memory(HANDLE)
+    big = empty((16 * MIB,), torch.uint8)
+    address = big.data_ptr()
+    del big  # cached: one 16 MiB range
+    before = stats()
+    small = empty((4 * MIB,), torch.uint8)  # its first 4 MiB; no new mapping
+    after = stats()
+    assert small.data_ptr() == address
+    assert after["mapped_blocks_total"] == before["mapped_blocks_total"]
+    assert after["reuses_total"] == before["reuses_total"] + 1
+    assert after["in_use_bytes"] - before["in_use_bytes"] == 4 * MIB
+    assert before["cached_bytes"] - after["cached_bytes"] == 4 * MIB  # the other 12 MiB stay cached
+    rest = empty((12 * MIB,), torch.uint8)
+    assert rest.data_ptr() == address + 4 * MIB
+    assert stats()["mapped_blocks_total"] == before["mapped_blocks_total"]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(3))))
+def test_a_split_range_is_whole_again_once_its_parts_are_freed(order):
+    """Every order of freeing: a part merges with a free neighbour before it, after it, or both."""
+    address, parts = _carve(16, (4, 4, 8))
+    for i in order:
+        parts[i] = None
+    before = stats()
+    assert before["cached_bytes"] >= 16 * MIB
+    whole = empty((16 * MIB,), torch.uint8)
+    after = stats()
+    assert whole.data_ptr() == address
+    assert after["mapped_blocks_total"] == before["mapped_blocks_total"]
+    assert after["reuses_total"] == before["reuses_total"] + 1
+
+
+def test_contents_survive_splits_and_merges():
+    address, (first, middle, last) = _carve(24, (4, 4, 4))  # 12 MiB stay free after them
+    first.fill_(1)
+    middle.fill_(2)
+    last.fill_(3)
+    del middle
+    refill = empty((4 * MIB,), torch.uint8).fill_(4)  # the hole between first and last fits exactly
+    assert refill.data_ptr() == address + 4 * MIB
+    assert bool((first == 1).all()) and bool((last == 3).all())
+    del first, refill  # merged: the front 8 MiB
+    front = empty((8 * MIB,), torch.uint8).fill_(5)
+    assert front.data_ptr() == address and bool((last == 3).all())
+    del last  # merged with the free 12 MiB after it
+    back = empty((16 * MIB,), torch.uint8).fill_(6)
+    assert back.data_ptr() == address + 8 * MIB
+    assert bool((front == 5).all()) and bool((back == 6).all())
+
+
+def test_alternating_layouts_map_memory_in_the_first_round_only():
+    """Calls that keep {40, 8} MiB and {6, 6, 6} MiB alive in turn: the small buffers are split off the
+    large ones' free ranges, which are whole again for the next call of the first kind."""
+    memory_pool.release_cached_memory(HANDLE)
+    start = stats()
+    peak = start["in_use_bytes"]
+    for round_ in range(4):
+        for layout in ((40, 8), (6, 6, 6)):
+            held = [empty((n * MIB,), torch.uint8) for n in layout]
+            during = stats()
+            peak = max(peak, during["in_use_bytes"])
+            del held
+            after = stats()
+            for now in (during, after):
+                assert now["in_use_bytes"] + now["cached_bytes"] <= peak, now
+        if round_ == 0:
+            first = stats()
+            assert first["mapped_blocks_total"] - start["mapped_blocks_total"] == 2  # the 40 and the 8 MiB
+    end = stats()
+    assert end["mapped_blocks_total"] == first["mapped_blocks_total"]
+    assert end["reuses_total"] - first["reuses_total"] == 3 * 5
+    assert end["in_use_bytes"] + end["cached_bytes"] <= peak
+
+
+def test_a_new_mapping_unmaps_only_the_excess_over_the_bound():
+    """Free ranges of 12, 8 and 4 MiB (cut from one 28 MiB range, kept apart by live 2 MiB tensors) and a
+    14 MiB request that none holds alone (though together they would): a new mapping, and 14 MiB of cache
+    must go to keep in use + cached within the most in use at once (the 28 MiB range, since the trim). The
+    largest range goes whole; the 2 MiB still needed are cut from the end of the smallest range that holds
+    them (the 4 MiB one); the 8 MiB range stays whole."""
+    address, (twelve, spacer, eight, spacer_) = _carve(28, (12, 2, 8, 2))  # the last 4 MiB stay free
+    del twelve, eight
+    before = stats()
+    new = empty((14 * MIB,), torch.uint8)
     after = stats()
     assert after["mapped_blocks_total"] == before["mapped_blocks_total"] + 1
-    assert after["cached_bytes"] == before["cached_bytes"] - 8 * MIB
-    assert after["in_use_bytes"] == before["in_use_bytes"] + 4 * MIB
-    del small
+    assert before["cached_bytes"] - after["cached_bytes"] == 14 * MIB
+    assert after["in_use_bytes"] + after["cached_bytes"] == before["in_use_bytes"] + before["cached_bytes"]
+    eight = empty((8 * MIB,), torch.uint8)  # the 8 MiB range, whole
+    two = empty((2 * MIB,), torch.uint8)  # the front of the 4 MiB range
+    assert (eight.data_ptr() - address, two.data_ptr() - address) == (14 * MIB, 24 * MIB)
+    final = stats()
+    assert final["mapped_blocks_total"] == after["mapped_blocks_total"]
+    assert after["cached_bytes"] - final["cached_bytes"] == 10 * MIB
+    del new, spacer, spacer_
 
 
 def test_release_cached_memory_unmaps_cached_blocks_only():

@@ -8,19 +8,22 @@ hands them to torch through DLPack; nothing process-wide (``mallopt``, environme
 
 Data flow of :func:`empty`::
 
-    SparkTorchPoolTensor(ndim, shape, dtype_code)   C: take a cached block (or mmap one), wrap it in a
-        -> DLManagedTensor*                          DLManagedTensor whose deleter gives the block back
+    SparkTorchPoolTensor(ndim, shape, dtype_code)   C: take cached memory (or mmap some), wrap it in a
+        -> DLManagedTensor*                          DLManagedTensor whose deleter gives it back
     PyCapsule_New(pointer, "dltensor")               the DLPack hand-off object
     torch._C._from_dlpack(capsule) -> Tensor         torch owns the DLManagedTensor from here on
-    ... the tensor (and every view of it) dies       torch calls the deleter: the block returns to the
-                                                     pool, ready for the next request of its size
+    ... the tensor (and every view of it) dies       torch calls the deleter: the memory returns to the
+                                                     pool, ready for the next requests
 
-Policy (:func:`stats`, :func:`release_cached_memory`): blocks are 2 MiB aligned and a multiple of 2 MiB
-(transparent huge pages where the kernel offers them in ``madvise`` mode), so a tensor occupies less than
-2 MiB more than its size; the pool never holds more bytes, in use plus cached, than the most bytes in
-use at once so far, so a training loop's peak memory is that of its live tensors (in blocks), as without
-the pool. Requests under :data:`POOLED_BYTES` go to ``torch.empty`` (:func:`new_buffer`): glibc's heap
-serves those from memory it keeps, and a block would round them up the most.
+Policy (:func:`stats`, :func:`release_cached_memory`): a tensor's memory is 2 MiB aligned and a multiple of
+2 MiB (transparent huge pages where the kernel offers them in ``madvise`` mode), so it occupies less than
+2 MiB more than its size. The cache is a set of free address ranges: a request takes the smallest that
+holds it (the rest of a larger one stays cached), and freed memory merges with its free neighbours, so
+calls of different layouts or lengths reuse each other's memory. The pool never holds more bytes, in use
+plus cached, than the most bytes in use at once so far (a new mapping unmaps just the cached bytes over
+that), so a training loop's peak memory is that of its live tensors (in 2 MiB units), as without the pool.
+Requests under :data:`POOLED_BYTES` go to ``torch.empty`` (:func:`new_buffer`): glibc's heap serves those
+from memory it keeps, and rounding to 2 MiB would cost them the most.
 
 The pool is per process and thread-safe; a forked child inherits a consistent copy of it.
 """
@@ -178,11 +181,12 @@ def stats(handle: Optional[ctypes.CDLL] = None) -> dict[str, int]:
     """The pool's counters (the pool is per process; ``handle``: the library that holds it, by default the
     native kernel's, :func:`spark_torch.kernel.native.load`):
 
-    * ``in_use_bytes``: bytes of the blocks behind live pooled tensors (block sizes: multiples of 2 MiB);
+    * ``in_use_bytes``: bytes of the memory behind live pooled tensors (each a multiple of 2 MiB);
     * ``cached_bytes``: bytes kept mapped for reuse (never more than the most bytes in use at once, since
       the process started or the last :func:`release_cached_memory`, minus the bytes in use now);
     * ``mapped_blocks_total``: blocks mapped from the system (``mmap`` calls) since the process started;
-    * ``reuses_total``: requests served from cached blocks since the process started.
+    * ``reuses_total``: requests served from cached memory (a free range, split if larger) since the
+      process started.
     """
     out = (ctypes.c_int64 * len(_STATS_FIELDS))()
     bind(handle or _native_handle()).stats(out)
@@ -190,7 +194,7 @@ def stats(handle: Optional[ctypes.CDLL] = None) -> dict[str, int]:
 
 
 def release_cached_memory(handle: Optional[ctypes.CDLL] = None) -> None:
-    """Returns every cached block to the system (as ``torch.cuda.empty_cache()`` does for the GPU): the
+    """Returns all cached memory to the system (as ``torch.cuda.empty_cache()`` does for the GPU): the
     memory of live tensors stays. The bound on cached memory restarts from the bytes in use now.
     ``handle``: as for :func:`stats`."""
     bind(handle or _native_handle()).trim()

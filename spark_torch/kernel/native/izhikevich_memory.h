@@ -3,32 +3,37 @@
 // Why. A layer call returns fresh [T, B, N] tensors every call. glibc serves a request above its mmap
 // threshold (at most 32 MiB on 64-bit Linux) with its own mmap and unmaps it again on free, so every
 // call starts from untouched memory and pays one page fault per 4 KiB page on first write. This pool
-// keeps such blocks mapped between calls and hands the same (already faulted) memory to the next
-// request of the same size, inside the library: no process-wide setting (mallopt, environment
-// variables) is changed.
+// keeps such memory mapped between calls and hands the same (already faulted) pages to later requests,
+// inside the library: no process-wide setting (mallopt, environment variables) is changed.
 //
-// Blocks. Anonymous private mmap regions, 2 MiB aligned, their size rounded up to a multiple of 2 MiB
-// (kBlockGranule), with madvise(MADV_HUGEPAGE) where the kernel offers it (transparent huge pages in
-// "madvise" mode: a first touch then faults 2 MiB at once; without it the advice fails and the block
-// keeps 4 KiB pages). A freed block goes to a free list keyed by its size; a request takes the
-// smallest cached block that fits it and exceeds it by at most 1/kMaxWasteDivisor (an exact fit when
-// shapes repeat).
+// Memory. Anonymous private mmap regions, 2 MiB aligned, their size a multiple of 2 MiB (kBlockGranule),
+// with madvise(MADV_HUGEPAGE) where the kernel offers it (transparent huge pages in "madvise" mode: a
+// first touch then faults 2 MiB at once; without it the advice fails and the memory keeps 4 KiB pages).
 //
-// Policy: the pool never holds more bytes (in use + cached) than the high-water mark of bytes in use
-// at once (in blocks), so a loop's peak memory is that of its live tensors, as without the pool. When
-// a new block is needed and that bound would be exceeded, cached blocks are unmapped first (the
-// smallest one that covers the excess, else the largest, repeatedly). Trim() unmaps every cached
-// block and resets the high-water mark to the bytes in use now (the bound then grows again with the
-// next peak). If mmap fails, the cache is trimmed and the mapping tried once more.
+// Free ranges. A tensor gets one address range, its size rounded up to 2 MiB. The cache is a set of
+// free ranges (mapped, used by no tensor): a request takes the smallest one that holds it, and from a
+// larger one its first bytes, the rest staying free. So calls whose buffers differ in size (another
+// layout, another sequence length) reuse the last ones' memory instead of mapping and faulting it anew.
+// A range given back merges with the free ranges next to it in the address space, whether or not they
+// came from the same mmap (munmap and madvise work on any page range, and a tensor may span adjacent
+// mappings): a buffer split for small requests is whole again once they are freed. New memory is mapped
+// only when no free range alone holds the request.
+//
+// Bound. The pool never holds more bytes (in use + cached) than the high-water mark of bytes in use at
+// once, so a loop's peak memory is that of its live tensors (in 2 MiB granules), as without the pool.
+// When a new mapping exceeds it, only the excess of cached bytes is unmapped: cut from the end of the
+// smallest free range that holds it, else the largest free range whole, and the rest likewise. Trim()
+// unmaps every free range and resets the high-water mark to the bytes in use now (the bound then grows
+// again with the next peak). A failed mmap changes nothing; the cache is then trimmed and mmap retried.
 //
 // DLPack hand-off. SparkTorchPoolTensor returns a DLManagedTensor (the unversioned DLPack ABI that
 // torch.from_dlpack accepts in a PyCapsule named "dltensor"): contiguous, CPU, explicit row-major
 // strides. Its deleter, which torch calls when the tensor's storage is freed (from any thread), returns
-// the block to the pool and frees the struct: the same life cycle as PyTorch's CUDA caching allocator.
+// the range to the pool and frees the struct: the same life cycle as PyTorch's CUDA caching allocator.
 //
 // Fork. pthread_atfork handlers take the pool's lock before fork() and release it in the parent and
-// in the child, so the child inherits a consistent pool state (its inherited blocks are copy-on-write
-// copies at the same addresses): tensors inherited from the parent return their blocks to the child's
+// in the child, so the child inherits a consistent pool state (its inherited memory is a copy-on-write
+// copy at the same addresses): tensors inherited from the parent return their ranges to the child's
 // pool, and nothing is ever unmapped while a tensor still uses it.
 //
 // Included once, at the end of izhikevich_ffi.cc (one translation unit). Thread-safe.
@@ -48,7 +53,9 @@
 #include <memory>
 #include <mutex>
 #include <new>
+#include <set>
 #include <string>
+#include <utility>
 
 #ifndef IZH_EXPORT
 #define IZH_EXPORT extern "C" __attribute__((visibility("default")))
@@ -62,16 +69,8 @@ namespace memory {
 enum DLDeviceType : int32_t { kDLCPU = 1 };
 enum DLDataTypeCode : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBool = 6 };
 
-struct DLDevice {
-  DLDeviceType device_type;
-  int32_t device_id;
-};
-
-struct DLDataType {
-  uint8_t code;  // DLDataTypeCode
-  uint8_t bits;
-  uint16_t lanes;
-};
+struct DLDevice { DLDeviceType device_type; int32_t device_id; };
+struct DLDataType { uint8_t code; uint8_t bits; uint16_t lanes; };  // code: a DLDataTypeCode
 
 struct DLTensor {
   void* data;
@@ -96,80 +95,162 @@ static_assert(sizeof(void*) != 8 || (sizeof(DLTensor) == 48 && sizeof(DLManagedT
 
 // ---- The pool ----
 
-constexpr size_t kBlockGranule = size_t{2} << 20;  // 2 MiB: block size and alignment (one huge page)
-constexpr size_t kMaxWasteDivisor = 8;             // a cached block may exceed the request by 1/8 of it
+constexpr size_t kBlockGranule = size_t{2} << 20;  // 2 MiB: the unit of sizes and alignment (one huge page)
 constexpr int64_t kMaxDims = 8;
 
 struct Stats {
-  uint64_t in_use_bytes;         // bytes of the blocks held by live tensors
-  uint64_t cached_bytes;         // bytes of the blocks on the free lists (mapped, not in use)
+  uint64_t in_use_bytes;         // bytes of the ranges held by live tensors
+  uint64_t cached_bytes;         // bytes of the free ranges (mapped, not in use)
   uint64_t mapped_blocks_total;  // mmap calls that succeeded, since the process started
-  uint64_t reuses_total;         // requests served from the free lists, since the process started
+  uint64_t reuses_total;         // requests served from free ranges (split or not), since the process started
+};
+
+// The free ranges, in two indexes that only Extract and Insert change: by address (to find neighbours)
+// and by size (best fit); touching ranges are always merged. Only Add of a range that touches none
+// allocates; all else moves or frees nodes, so it cannot fail midway. The Pool's lock guards it.
+class FreeRanges {
+ public:
+  using ByAddress = std::map<uintptr_t, size_t>;  // start -> bytes
+  struct Range { uintptr_t start; size_t bytes; };
+
+  uint64_t bytes() const { return bytes_; }
+  const ByAddress& by_address() const { return by_address_; }
+
+  // Adds [start, start + bytes), merged with the ranges it touches. Throws std::bad_alloc, having
+  // changed nothing, only when it touches none.
+  void Add(uintptr_t start, size_t bytes) {
+    const auto next = by_address_.lower_bound(start);
+    const auto prev = next == by_address_.begin() ? by_address_.end() : std::prev(next);
+    const bool joins_next = next != by_address_.end() && next->first == start + bytes;
+    const bool joins_prev = prev != by_address_.end() && prev->first + prev->second == start;
+    const Range merged{joins_prev ? prev->first : start,
+                       (joins_prev ? prev->second : 0) + bytes + (joins_next ? next->second : 0)};
+    Nodes nodes = joins_prev ? Extract(prev) : joins_next ? Extract(next) : NewNodes();
+    if (joins_prev && joins_next) Extract(next);  // its nodes are freed
+    Insert(std::move(nodes), merged);
+  }
+
+  // The start of `bytes` taken from the front of the smallest range that holds them (the rest stays), or 0.
+  uintptr_t TakeBestFit(size_t bytes) noexcept {
+    const auto fit = by_size_.lower_bound({bytes, 0});
+    if (fit == by_size_.end()) return 0;
+    const auto [fit_bytes, start] = *fit;
+    Nodes nodes = Extract(by_address_.find(start));
+    if (fit_bytes > bytes) Insert(std::move(nodes), Range{start + bytes, fit_bytes - bytes});
+    return start;
+  }
+
+  // Takes ranges out, to unmap, until at most `keep` bytes are left, and no more than that needs: cut
+  // from the end of the smallest range that holds the excess, else the largest range whole, and the rest
+  // likewise. Whole ranges go to `whole`; returns the end cut from a range that stays (zero bytes if none).
+  Range ShrinkTo(uint64_t keep, ByAddress* whole) noexcept {
+    uint64_t excess = bytes_ > keep ? bytes_ - keep : 0;
+    while (excess > 0 && !by_size_.empty()) {
+      auto victim = by_size_.lower_bound({excess, 0});
+      if (victim == by_size_.end()) victim = std::prev(by_size_.end());
+      const auto [victim_bytes, start] = *victim;
+      Nodes nodes = Extract(by_address_.find(start));
+      if (victim_bytes > excess) {
+        Insert(std::move(nodes), Range{start, victim_bytes - excess});
+        return Range{start + victim_bytes - excess, excess};
+      }
+      whole->insert(std::move(nodes.address));
+      excess -= victim_bytes;
+    }
+    return Range{0, 0};
+  }
+
+ private:
+  using BySize = std::set<std::pair<size_t, uintptr_t>>;  // (bytes, start)
+  struct Nodes { ByAddress::node_type address; BySize::node_type size; };
+
+  static Nodes NewNodes() {  // may throw std::bad_alloc
+    ByAddress address{{0, 0}};
+    BySize size{{0, 0}};
+    return Nodes{address.extract(address.begin()), size.extract(size.begin())};
+  }
+
+  Nodes Extract(ByAddress::iterator range) noexcept {
+    bytes_ -= range->second;
+    BySize::node_type size = by_size_.extract({range->second, range->first});
+    return Nodes{by_address_.extract(range), std::move(size)};
+  }
+
+  void Insert(Nodes nodes, Range range) noexcept {
+    nodes.address.key() = range.start;
+    nodes.address.mapped() = range.bytes;
+    nodes.size.value() = {range.bytes, range.start};
+    by_address_.insert(std::move(nodes.address));
+    by_size_.insert(std::move(nodes.size));
+    bytes_ += range.bytes;
+  }
+
+  ByAddress by_address_;
+  BySize by_size_;
+  uint64_t bytes_ = 0;
 };
 
 class Pool {
  public:
-  // The process's pool: constructed on first use, never destroyed (tensors may be freed during exit,
-  // after static destructors have run).
+  // The process's pool, never destroyed: tensors may be freed during exit, after static destructors.
   static Pool& Instance() {
     static Pool* const pool = new Pool();
     return *pool;
   }
 
-  // A block of at least `bytes` (> 0) bytes, 2 MiB aligned; its size (a multiple of kBlockGranule) in
+  // A range of at least `bytes` (> 0) bytes, 2 MiB aligned; its size (a multiple of kBlockGranule) in
   // *block_bytes. Null on failure, with errno's message in *error.
   void* Acquire(size_t bytes, size_t* block_bytes, std::string* error) {
-    const size_t rounded = RoundUp(bytes);
-    void* address = TryAcquire(rounded, block_bytes, error);
-    if (address == nullptr && rounded != 0) {
-      Trim();  // the cached blocks may be what the system lacks: give them back and try once more
-      address = TryAcquire(rounded, block_bytes, error);
+    *block_bytes = RoundUp(bytes);
+    if (*block_bytes == 0) {
+      *error = "the request is too large to round up to a multiple of 2 MiB";
+      return nullptr;
+    }
+    void* address = TryAcquire(*block_bytes, error);
+    if (address == nullptr) {
+      Trim();  // the cached ranges may be what the system lacks: give them back and try once more
+      address = TryAcquire(*block_bytes, error);
     }
     return address;
   }
 
-  // Returns a block from Acquire (`bytes`: its *block_bytes) to the free lists.
+  // Returns a range from Acquire (`bytes`: its *block_bytes) to the free ranges.
   void Release(void* address, size_t bytes) noexcept {
     std::unique_lock<std::mutex> lock(mutex_);
     in_use_ -= bytes;
     try {
-      free_.emplace(bytes, address);
-      cached_ += bytes;
-    } catch (...) {  // no memory for the list node: unmap the block instead of caching it
+      free_.Add(reinterpret_cast<uintptr_t>(address), bytes);
+    } catch (...) {  // no memory for index nodes (so no free neighbour): unmap it instead of caching it
       lock.unlock();
-      Unmap(address, bytes);
+      Unmap(reinterpret_cast<uintptr_t>(address), bytes);
     }
   }
 
-  // Unmaps every cached block; the high-water mark becomes the bytes in use now.
+  // Unmaps every free range; the high-water mark becomes the bytes in use now.
   void Trim() noexcept {
-    std::multimap<size_t, void*> victims;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      victims.swap(free_);
-      cached_ = 0;
-      high_water_ = in_use_;
-    }
-    for (const auto& [bytes, address] : victims) Unmap(address, bytes);
+    std::unique_lock<std::mutex> lock(mutex_);
+    const FreeRanges victims = std::exchange(free_, FreeRanges());  // unmapped and freed after the lock
+    high_water_ = in_use_;
+    lock.unlock();
+    for (const auto& [start, bytes] : victims.by_address()) Unmap(start, bytes);
   }
 
   Stats GetStats() {
     std::lock_guard<std::mutex> lock(mutex_);
-    return Stats{in_use_, cached_, mapped_total_, reuses_total_};
+    return Stats{in_use_, free_.bytes(), mapped_total_, reuses_total_};
   }
 
  private:
   Pool() { pthread_atfork(&LockForFork, &UnlockAfterFork, &UnlockAfterFork); }
 
-  static size_t RoundUp(size_t bytes) {
-    if (bytes > SIZE_MAX - (kBlockGranule - 1)) return 0;  // overflow: TryAcquire reports it
-    return (bytes + kBlockGranule - 1) / kBlockGranule * kBlockGranule;
+  static size_t RoundUp(size_t bytes) {  // 0 on overflow: Acquire reports it
+    return bytes > SIZE_MAX - (kBlockGranule - 1) ? 0 : (bytes + kBlockGranule - 1) / kBlockGranule * kBlockGranule;
   }
 
   static void LockForFork() { Instance().mutex_.lock(); }
   static void UnlockAfterFork() { Instance().mutex_.unlock(); }
 
-  static void Unmap(void* address, size_t bytes) noexcept { munmap(address, bytes); }
+  static void Unmap(uintptr_t start, size_t bytes) noexcept { munmap(reinterpret_cast<void*>(start), bytes); }
 
   // A fresh mapping of `bytes` (a multiple of kBlockGranule) aligned to kBlockGranule, or null (errno).
   static void* Map(size_t bytes) {
@@ -187,67 +268,36 @@ class Pool {
     return reinterpret_cast<void*>(aligned);
   }
 
-  // One attempt: a cached block that fits, else a new mapping within the bound (evicting cached blocks).
-  // The lists change only by moving nodes (no allocation under the lock), so every step can be undone.
-  void* TryAcquire(size_t rounded, size_t* block_bytes, std::string* error) {
-    if (rounded == 0) {
-      *error = "the request is too large to round up to a multiple of 2 MiB";
+  // One attempt: the best-fitting free range, else a new mapping and then the excess over the bound
+  // evicted. The mapping precedes every change, so a failed mmap leaves nothing to undo.
+  void* TryAcquire(size_t rounded, std::string* error) {
+    FreeRanges::ByAddress evicted;  // destroyed after the lock is released
+    std::unique_lock<std::mutex> lock(mutex_);
+    if (const uintptr_t start = free_.TakeBestFit(rounded)) {
+      in_use_ += rounded;  // within the high-water mark: it was cached
+      ++reuses_total_;
+      return reinterpret_cast<void*>(start);
+    }
+    void* const address = Map(rounded);
+    if (address == nullptr) {
+      const int map_errno = errno;
+      lock.unlock();
+      *error = "out of memory: mmap of " + std::to_string(rounded) + " bytes failed: " + std::strerror(map_errno);
       return nullptr;
     }
-    std::multimap<size_t, void*> victims;
-    void* address = nullptr;
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      auto fit = free_.lower_bound(rounded);
-      if (fit != free_.end() && fit->first - rounded <= rounded / kMaxWasteDivisor) {
-        *block_bytes = fit->first;
-        address = fit->second;
-        free_.erase(fit);
-        cached_ -= *block_bytes;
-        Reserve(*block_bytes);
-        ++reuses_total_;
-        return address;
-      }
-      const uint64_t old_high_water = high_water_;
-      Reserve(rounded);
-      SelectVictims(&victims);
-      address = Map(rounded);
-      if (address == nullptr) {  // undo: the victims are still mapped
-        const int map_errno = errno;
-        in_use_ -= rounded;
-        high_water_ = old_high_water;
-        for (const auto& victim : victims) cached_ += victim.first;
-        free_.merge(victims);
-        *error = "out of memory: mmap of " + std::to_string(rounded) + " bytes failed: " + std::strerror(map_errno);
-        return nullptr;
-      }
-      ++mapped_total_;
-      *block_bytes = rounded;
-    }
-    for (const auto& [bytes, victim] : victims) Unmap(victim, bytes);  // before the caller touches the block
+    ++mapped_total_;
+    in_use_ += rounded;
+    high_water_ = std::max(high_water_, in_use_);
+    const FreeRanges::Range cut = free_.ShrinkTo(high_water_ - in_use_, &evicted);  // the bound
+    lock.unlock();
+    for (const auto& [start, bytes] : evicted) Unmap(start, bytes);  // before the caller touches its range
+    if (cut.bytes != 0) Unmap(cut.start, cut.bytes);
     return address;
   }
 
-  void Reserve(size_t bytes) {
-    in_use_ += bytes;
-    high_water_ = std::max(high_water_, in_use_);
-  }
-
-  // Moves cached blocks to `victims` until in use + cached <= the high-water mark (under the lock).
-  void SelectVictims(std::multimap<size_t, void*>* victims) {
-    while (in_use_ + cached_ > high_water_ && !free_.empty()) {
-      const uint64_t excess = in_use_ + cached_ - high_water_;
-      auto victim = free_.lower_bound(excess);  // the smallest block that covers the excess alone
-      if (victim == free_.end()) victim = std::prev(free_.end());  // else the largest, and go on
-      cached_ -= victim->first;
-      victims->insert(free_.extract(victim));
-    }
-  }
-
   std::mutex mutex_;
-  std::multimap<size_t, void*> free_;  // cached blocks by size
+  FreeRanges free_;
   uint64_t in_use_ = 0;
-  uint64_t cached_ = 0;
   uint64_t high_water_ = 0;  // the most bytes in use at once (since the last Trim)
   uint64_t mapped_total_ = 0;
   uint64_t reuses_total_ = 0;

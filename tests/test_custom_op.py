@@ -15,6 +15,7 @@ import torch
 
 from spark_torch import bridge, kernel
 from spark_torch import execution
+from spark_torch.execution import route
 
 sys.path.insert(0, str(Path(__file__).parent))
 import reference_numpy as ref_np  # noqa: E402
@@ -343,3 +344,22 @@ def test_empty_sequence_backward(kernel_backend):
     (v.sum() + v0.sum()).backward()
     torch.testing.assert_close(v0.grad, torch.ones_like(v0))
     torch.testing.assert_close(current.grad, torch.zeros_like(current))
+
+
+def test_a_compiled_backward_hands_the_xla_loops_cotangents_in_their_eager_form():
+    """A compiled backward graph materializes the cotangent of an unused output as zeros and that of ``y.sum()``
+    as a full tensor of ones; where the executor's bits depend on the form (the XLA loops compile another
+    program), they are passed as eager autograd passes them: ``None`` and a 0-d value. Others pass as they are."""
+    from spark_torch.execution import custom_op
+
+    ones, mixed = torch.ones(3, 2, 4), torch.ones(3, 2, 4)
+    mixed[1, 0, 2] = 2.0
+    with_nan = torch.ones(3, 2, 4)
+    with_nan[2, 1, 3] = float("nan")
+    assert custom_op._as_eager_passes(torch.zeros(3, 2, 4)) is None
+    scalar = custom_op._as_eager_passes(3.0 * ones)
+    assert scalar.dim() == 0 and scalar.item() == 3.0
+    for kept in (mixed, with_nan, torch.ones(0, 2, 4)):
+        assert custom_op._as_eager_passes(kept) is kept
+    assert custom_op._as_eager_passes(None) is None
+    assert not route.JAX.same_bits_for_any_cotangent_form and route.DIRECT.same_bits_for_any_cotangent_form

@@ -88,10 +88,25 @@ def izhikevich_scan_backward(
     ``needs`` is false). ``saved``: ``current, v0, u0``, the seven fields, and the forward's spikes, ``v`` and
     ``u`` (its recovery checkpoints, with ``recovery_checkpoints``); ``g_*``: the outputs' cotangents."""
     call = _call(dt, scheme, surrogate, surrogate_param, recovery_checkpoints)
+    executor = route.executor_for(call, saved[0])
     cotangents = Cotangents(g_x, g_v, g_u, g_spikes, g_mem)
-    grads = route.executor_for(call, saved[0]).backward(call, tuple(saved), None, cotangents, tuple(needs), None,
-                                                        "state_traces")
+    if not executor.same_bits_for_any_cotangent_form:
+        cotangents = Cotangents(*(_as_eager_passes(g) for g in cotangents))
+    grads = executor.backward(call, tuple(saved), None, cotangents, tuple(needs), None, "state_traces")
     return [torch.zeros_like(t) if g is None else g for g, t in zip(grads, saved)]
+
+
+def _as_eager_passes(grad: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """A cotangent in the form eager autograd hands the layer: ``None`` when it is all zeros (an output the
+    loss does not use), its one value (0-d) when uniform (as from ``y.sum()``), else itself. A compiled
+    backward graph materializes both as full tensors, and for them the XLA loops would run another program
+    than the eager call's, which rounds differently (one pass over each cotangent decides)."""
+    if grad is None or grad.numel() == 0:
+        return grad
+    low, high = torch.aminmax(grad)
+    if not bool(low == high):  # NaN anywhere: unequal
+        return grad
+    return None if bool(low == 0) else grad.reshape(-1)[0]
 
 
 @izhikevich_scan_backward.register_fake

@@ -208,6 +208,7 @@ class DirectExecutor:
 
     name = "direct"
     checks_finite = True  # the forward's kernel flags a NaN or ±Inf input in its own pass over it
+    same_bits_for_any_cotangent_form = True  # absent: read as a row of zeros; a scalar: as a uniform row
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         """``(Outputs, Residuals)`` (see the class docstring for ``keep``)."""

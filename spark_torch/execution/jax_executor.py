@@ -126,6 +126,8 @@ class JaxExecutor:
 
     name = "jax"
     checks_finite = False  # the input is checked before the call (``KernelCall.check_finite``)
+    # a zero or uniform cotangent array makes XLA compile another program than None or a scalar does
+    same_bits_for_any_cotangent_form = False
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         """``(Outputs, Residuals)``; ``keep="final_state"``: ``v``, ``u`` are the final state only, else traces

@@ -131,7 +131,8 @@ def _check_request(shape, dtype: torch.dtype) -> None:
 
 def empty(shape: tuple[int, ...], dtype: torch.dtype, handle: ctypes.CDLL) -> torch.Tensor:
     """An uninitialized, contiguous CPU tensor of ``shape`` (1 to :data:`MAX_DIMS` dimensions, each in
-    ``[0, 2**63)``, their product times the item size within int64, as for ``torch.empty``) and ``dtype`` (float32, float64, uint8 or bool) on pooled memory of the library ``handle``.
+    ``[0, 2**63)``, their product times the item size within int64, as for ``torch.empty``) and ``dtype``
+    (float32, float64, uint8 or bool) on pooled memory of the library ``handle``.
 
     It is an ordinary tensor (autograd, views, in-place ops, ``torch.save``, ``.numpy()``) whose storage,
     like ``torch.from_numpy``'s, cannot be resized (``resize_`` to more elements raises). When its storage is

@@ -37,6 +37,7 @@ class ShapeExecutor:
 
     name = "shape"
     checks_finite = False  # shapes only: nothing to check
+    same_bits_for_any_cotangent_form = True  # no values
 
     def forward(self, call: KernelCall, current, v0, u0, params, views: Optional[dict], keep: str):
         state = call.state_shape(current)

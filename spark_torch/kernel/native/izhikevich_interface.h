@@ -178,18 +178,28 @@ Status DecodeModel(const View* operands, int64_t m, Periodic<T>& v0, Periodic<T>
   return Status{};
 }
 
+// What a forward and a reverse call share (`call`: a Forward<T> or Reverse<T>): the attributes, the input
+// [t_buf, m] (operand 0 of both), the number of steps to run (operand `steps`), the initial state and fields.
+static_assert(kFwdCurrent == kRevCurrent && kFwdV0 == kRevV0 && kFwdU0 == kRevU0 && kFwdParams == kRevParams,
+              "forward and reverse calls share the layout of their first operands");
+
+template <typename T, typename Call>
+Status DecodeCall(const Attributes& a, const View* in, int steps, const char* const* names, Call& call) {
+  IZH_CHECK(CheckCall(a));
+  IZH_CHECK(CheckCount(in[kFwdCurrent], a.t_buf * a.m, "current"));
+  IZH_CHECK(CheckCount(in[steps], 1, "n_steps"));
+  call.m = a.m, call.n_steps = StepCount(in[steps], a.t_buf), call.residuals = a.residuals;
+  call.current = static_cast<const T*>(in[kFwdCurrent].data);
+  return DecodeModel<T>(in, a.m, call.v0, call.u0, call.params, names);
+}
+
 template <typename T>
 Status MakeForward(const Attributes& a, const View* in, const View* out, Forward<T>& f) {
-  IZH_CHECK(CheckCall(a));
-  const int64_t rows = a.t_buf * a.m;
-  IZH_CHECK(CheckCount(in[kFwdCurrent], rows, "current"));
-  IZH_CHECK(CheckCount(in[kFwdSteps], 1, "n_steps"));
   f = Forward<T>{};
-  f.m = a.m, f.n_steps = StepCount(in[kFwdSteps], a.t_buf), f.residuals = a.residuals;
+  IZH_CHECK(DecodeCall<T>(a, in, kFwdSteps, kForwardOperandNames, f));
+  const int64_t rows = a.t_buf * a.m;
   f.every = a.residuals == kFinalState ? 0 : a.every;
   f.k = MakeConstants<T>(a.dt, kNoSurrogate, 0.0);
-  f.current = static_cast<const T*>(in[kFwdCurrent].data);
-  IZH_CHECK(DecodeModel<T>(in, a.m, f.v0, f.u0, f.params, kForwardOperandNames));
   const bool traced = a.residuals == kStateTraces;
   const int64_t checkpoint_rows = f.every ? (a.t_buf + f.every - 1) / f.every * a.m : 0;
   IZH_CHECK(CheckCount(out[kSpikes], rows, "spikes"));
@@ -262,15 +272,11 @@ Status DecodeCotangents(const Attributes& a, const View* in, Reverse<T>& r) {
 
 template <typename T>
 Status MakeReverse(const Attributes& a, const View* in, const View* out, Reverse<T>& r) {
-  IZH_CHECK(CheckCall(a));
-  const int64_t rows = a.t_buf * a.m;
-  IZH_CHECK(CheckCount(in[kRevCurrent], rows, "current"));
-  IZH_CHECK(CheckCount(in[kRevSteps], 1, "n_steps"));
   r = Reverse<T>{};
-  r.m = a.m, r.n_steps = StepCount(in[kRevSteps], a.t_buf), r.every = a.every, r.residuals = a.residuals;
+  IZH_CHECK(DecodeCall<T>(a, in, kRevSteps, kReverseOperandNames, r));
+  const int64_t rows = a.t_buf * a.m;
+  r.every = a.every;
   r.k = MakeConstants<T>(a.dt, a.surrogate, a.surrogate_param);
-  r.current = static_cast<const T*>(in[kRevCurrent].data);
-  IZH_CHECK(DecodeModel<T>(in, a.m, r.v0, r.u0, r.params, kReverseOperandNames));
   IZH_CHECK(DecodeResiduals<T>(a, in, r));
   IZH_CHECK(DecodeCotangents<T>(a, in, r));
   IZH_CHECK(CheckCount(out[kGCurrent], rows, "g_current"));

@@ -49,6 +49,17 @@ STATE_PROPERTIES = ("mem", "potential", "recovery")
 #: positions in MODEL_FIELDS of v_r, v_pk and b, from which the layer derives the state it starts from
 _STATE_FIELDS = tuple(MODEL_FIELDS.index(n) for n in ("potential_rest", "threshold", "recovery_sensitivity"))
 
+
+def _final_state(out, copy: bool) -> tuple:
+    """``(v, u)`` after a sequence call's last step, as the layer's own tensors. ``out.v``, ``out.u`` are
+    ``[T, ...]`` traces (a view of the last row would keep the whole trajectory alive: copied) or ``[1, ...]``
+    final states (already tensors of their own, unless ``copy``: on CUDA the next call's initial state must not
+    be JAX-allocated memory, and while compiling the op's outputs are not the layer's)."""
+    if not copy and out.v.shape[0] == out.u.shape[0] == 1:
+        return out.v[0], out.u[0]
+    return out.v[-1].clone(), out.u[-1].clone()
+
+
 def _model_fields(layer: nn.Module) -> list:
     """The layer's seven model fields, in :data:`MODEL_FIELDS` order (Parameters or buffers)."""
     parameters, buffers = layer._parameters, layer._buffers
@@ -279,10 +290,9 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
                 v, u, mem = v.clone(), u.clone(), mem.clone()  # the next call's state must not be JAX's memory
             self._hidden.set(mem, v, u)
             return out.spikes, out.x, mem
-        # v, u: [T, ...] traces or [1, ...] final states: own copies, as views would keep whole trajectories
-        # alive (and on CUDA the next call's initial state must not be JAX-allocated memory)
         if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
-            self._hidden.set(out.mem[-1].clone(), out.v[-1].clone(), out.u[-1].clone(), also_own_last_row_of=out.mem)
+            v, u = _final_state(out, copy=compiling or cur.device.type != "cpu")
+            self._hidden.set(out.mem[-1].clone(), v, u, also_own_last_row_of=out.mem)
         return out.spikes, out.x, out.mem
 
     def _fused_surrogate(self):

@@ -441,3 +441,19 @@ def test_the_fallback_warning_suggests_a_compiler_only_when_one_is_missing(monke
     assert "/nonexistent/c++" in texts["compiler"] and "install a C++ compiler" in texts["compiler"]
     assert str(tmp_path / "cache") in texts["cache"] and "writable by its group or others" in texts["cache"]
     assert "install a C++ compiler" not in texts["cache"]
+
+
+# ---- the sources themselves -------------------------------------------------------------------------------
+
+def test_the_kernel_sources_compile_without_a_single_warning():
+    """``-Wall -Wextra -Werror`` over the one translation unit (front end only: every template the library
+    instantiates is checked), so that a user's build log never shows the library's own warnings."""
+    try:
+        command = _build.find_compiler()
+    except _build.Unavailable:
+        pytest.skip("no C++ compiler here")
+    source = Path(_build.__file__).with_name(_build.MAIN_SOURCE)
+    flags = [flag for flag in _build.FLAGS if flag not in ("-shared", "-fPIC")]
+    done = subprocess.run([*command, *flags, "-fsyntax-only", "-Wall", "-Wextra", "-Werror", "-isystem",
+                           jax.ffi.include_dir(), str(source)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-4000:]

@@ -265,13 +265,16 @@ def test_backward_releases_the_forward_cache_while_the_outputs_live(kernel_backe
     assert torch.equal(x.grad, first)
 
 
+@pytest.mark.parametrize("checkpoints", [False, True], ids=["raw_trace", "checkpoints"])
 @pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
-def test_a_recovery_bounded_by_the_clip_gives_the_same_gradients_directly(scheme, monkeypatch):
+def test_a_recovery_bounded_by_the_clip_gives_the_same_gradients_directly(scheme, checkpoints, monkeypatch):
     """A strong input (R·I = 1e4 pA·GΩ) makes every neuron spike once early, and d = 2e5 mV/ms drives that
     spike's u' past the clip bound (1e5), where dClip/du' = 0; dt = 1 µs keeps v unclipped afterwards. The
     loss reads the final u only, so every input gradient before the spike flows through that clipped u':
     the direct executor's forward flags the clip and its reverse loop recomputes u rather than taking the
-    lean euler path (which would pass u's gradient through). Input gradients equal JAX's bit for bit."""
+    lean euler path (which would pass u's gradient through). With ``checkpoint_recovery`` (u every 8 of the
+    60 steps) each recomputed run decides: the run of the spike takes the full path, the later runs the lean
+    one. Input gradients equal JAX's bit for bit."""
     native = pytest.importorskip("spark_torch.kernel.native")
     try:
         native.load()
@@ -282,7 +285,7 @@ def test_a_recovery_bounded_by_the_clip_gives_the_same_gradients_directly(scheme
     results = {}
     for path in ("direct", "jax"):
         layer = IzhikevichSoma(resistance=10.0, units=(5,), sequence=True, scheme=scheme, recovery_update=2e5,
-                               dt=0.001)
+                               dt=0.001, checkpoint_recovery=checkpoints)
         x = x0.clone().requires_grad_()
         with kernel.use_backend("native"), monkeypatch.context() as patch:
             if path == "jax":

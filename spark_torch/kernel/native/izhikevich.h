@@ -47,15 +47,19 @@ struct Constants {
   T dt, half, s1, s2;
 };
 
+// Written as two selections (the lower bound, then the upper) rather than one nested one: the same value for
+// every v (NaN included: both comparisons are false), in fewer vector instructions.
 template <typename T>
 inline T Clip(T v) {
-  return v > T(kVLimit) ? T(kVLimit) : (v < T(-kVLimit) ? T(-kVLimit) : v);
+  const T above_lower = v < T(-kVLimit) ? T(-kVLimit) : v;
+  return v > T(kVLimit) ? T(kVLimit) : above_lower;
 }
 
 // dClip/dv: 1 on the closed interval (and for NaN, which Clip passes through), 0 beyond it.
 template <typename T>
 inline T ClipGrad(T raw, T g) {
-  return (raw > T(kVLimit) || raw < T(-kVLimit)) ? T(0) : g;
+  const T below_upper = raw > T(kVLimit) ? T(0) : g;  // two selections, as Clip
+  return raw < T(-kVLimit) ? T(0) : below_upper;
 }
 
 template <typename T>

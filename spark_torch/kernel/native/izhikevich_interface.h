@@ -180,7 +180,8 @@ Status DecodeModel(const View* operands, int64_t m, Periodic<T>& v0, Periodic<T>
 
 // What a forward and a reverse call share (`call`: a Forward<T> or Reverse<T>): the attributes, the input
 // [t_buf, m] (operand 0 of both), the number of steps to run (operand `steps`), the initial state and fields.
-static_assert(kFwdCurrent == kRevCurrent && kFwdV0 == kRevV0 && kFwdU0 == kRevU0 && kFwdParams == kRevParams,
+static_assert(int{kFwdCurrent} == int{kRevCurrent} && int{kFwdV0} == int{kRevV0} && int{kFwdU0} == int{kRevU0} &&
+                  int{kFwdParams} == int{kRevParams},
               "forward and reverse calls share the layout of their first operands");
 
 template <typename T, typename Call>
@@ -352,7 +353,7 @@ void RunReverse(const Attributes& a, Reverse<T>& r, ForEachBlockFn for_each_bloc
   Zero(r.g_current + r.n_steps * r.m, (a.t_buf - r.n_steps) * r.m);
   bool extra = r.g_mem.per_step || r.g_mem.constant.period;
   for (int i = 0; i < kNumParams; ++i) extra |= r.g_params[i] != nullptr;
-  const int64_t surrogate = (r.g_spikes.per_step || r.g_spikes.constant.period) ? a.surrogate : kNoSurrogate;
+  const int64_t surrogate = (r.g_spikes.per_step || r.g_spikes.constant.period) ? a.surrogate : int64_t{kNoSurrogate};
   const bool raw = r.residuals == kRawTrace || r.residuals == kCheckpoints;
   const ReverseBlockFn<T> block = a.scheme == kEuler ? SelectReverse<T, kEuler>(surrogate, extra, raw)
                                                      : SelectReverse<T, kIzhikevich2003>(surrogate, extra, raw);

@@ -266,14 +266,20 @@ size_t ReverseScratch(int64_t every) {
   return (kNeuronRows + kNumParams + 11 + 3 * (std::max<int64_t>(every, 1) + 1)) * kBlock<T>;
 }
 
-// Whether an euler reverse without field gradients may skip u (ReverseStepEulerUnclipped): the forward kept
-// its raw trace, its clip never bounded u', and no cotangent of the per-step v and u (nor, with a surrogate,
-// of x) is given.
+// Whether the cotangents let an euler reverse without field gradients skip u (ReverseStepEulerUnclipped):
+// none of the per-step v and u (nor, with a surrogate, of x) is given.
+template <typename T>
+bool CotangentsSkipRecovery(const Reverse<T>& r, int surrogate) {
+  auto absent = [](const Cotangent<T>& g) { return g.per_step == nullptr && g.constant.period == 0; };
+  return absent(r.g_v) && absent(r.g_u) && (surrogate == kNoSurrogate || absent(r.g_x));
+}
+
+// Whether it may skip u over all steps: so the cotangents let it, and the forward kept its raw trace and
+// reports that its clip never bounded u'. (From checkpoints, each recomputed run tells; see ReverseBlock.)
 template <typename T>
 bool SkipsRecovery(const Reverse<T>& r, int surrogate) {
-  auto absent = [](const Cotangent<T>& g) { return g.per_step == nullptr && g.constant.period == 0; };
-  return r.residuals == kRawTrace && r.u_clipped != nullptr && *r.u_clipped == T(0) && absent(r.g_v) &&
-         absent(r.g_u) && (surrogate == kNoSurrogate || absent(r.g_x));
+  return r.residuals == kRawTrace && r.u_clipped != nullptr && *r.u_clipped == T(0) &&
+         CotangentsSkipRecovery(r, surrogate);
 }
 
 // ReverseStepEulerUnclipped for a block's fields (uniform or not) and its first step (from_raw false: `previous`
@@ -342,10 +348,18 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   auto v_trace_before = [&](int64_t t) { return t ? r.v_trace + (t - 1) * r.m + j0 : v0; };
   auto run_row = [&](T* rows, int64_t i) { return rows + i * B; };
   auto raw_at = [&](int64_t t) { return r.raw + t * r.m + j0; };
+  const bool uniform = UniformBlock(q, n);
+  const int signal = kSurrogate != kNoSurrogate ? 3 : 0;  // the spikes' cotangent, or x's (the lean steps' signal)
+  const bool lean_from_checkpoints = kRaw && kScheme == kEuler && !kExtra && CotangentsSkipRecovery(r, kSurrogate);
+  // one step of the forward again, from the run's row i of (v, u): its raw membrane and the next (v, u) rows;
+  // returns whether the clip bounded any u'
+  auto recompute_step = [&](int64_t t, int64_t i) {
+    auto step = uniform ? ForwardStep<T, kScheme, false, false, true, true> : ForwardStep<T, kScheme, false, false, true>;
+    return step(n, r.current + t * r.m + j0, q, run_row(run_v, i), run_row(run_u, i), run_row(run_v, i + 1),
+                run_row(run_u, i + 1), spike_tmp, nullptr, nullptr, run_row(run_raw, i), r.k);
+  };
   if constexpr (kRaw && kScheme == kEuler && !kExtra) {
     if (SkipsRecovery(r, kSurrogate)) {
-      const bool uniform = UniformBlock(q, n);
-      const int signal = kSurrogate != kNoSurrogate ? 3 : 0;  // the spikes' cotangent, or x's
       for (int64_t t = r.n_steps - 1; t >= 0; --t) {
         const int64_t row = t * r.m + j0;
         if (t > 1) Prefetch(raw_at(t - 2), n, false);
@@ -367,12 +381,20 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
       std::copy_n(r.u_checkpoints + checkpoint, n, run_u);
       if (r.residuals == kCheckpoints) {
         std::copy_n(r.v_checkpoints + checkpoint, n, run_v);
+        bool u_clipped = false;  // by the clip in any step of the run
         for (int64_t t = first; t < stop; ++t) {
           const int64_t i = t - first;
           if (t + 1 < stop) Prefetch(r.current + (t + 1) * r.m + j0, n, false);
-          ForwardStep<T, kScheme, false, false, true>(n, r.current + t * r.m + j0, q, run_row(run_v, i),
-                                                      run_row(run_u, i), run_row(run_v, i + 1), run_row(run_u, i + 1),
-                                                      spike_tmp, nullptr, nullptr, run_row(run_raw, i), r.k);
+          u_clipped |= recompute_step(t, i);
+        }
+        if (lean_from_checkpoints && !u_clipped) {  // u enters no value the reverse computes: as the raw trace's
+          for (int64_t t = stop - 1; t >= first; --t) {
+            const int64_t i = t - first, row = t * r.m + j0;
+            if (t > first) Prefetch(r.g_current + row - r.m, n, true);
+            ReverseStepSkippingRecovery<T, kSurrogate>(uniform, false, n, run_row(run_v, i), run_row(run_raw, i),
+                                                       row_of(signal, t), q, carry_v, carry_u, r.g_current + row, r.k);
+          }
+          continue;
         }
         for (int64_t t = stop - 1; t >= first; --t) {
           const int64_t i = t - first;

@@ -348,7 +348,7 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   auto v_trace_before = [&](int64_t t) { return t ? r.v_trace + (t - 1) * r.m + j0 : v0; };
   auto run_row = [&](T* rows, int64_t i) { return rows + i * B; };
   auto raw_at = [&](int64_t t) { return r.raw + t * r.m + j0; };
-  const bool uniform = UniformBlock(q, n);
+  const bool uniform = kRaw && UniformBlock(q, n);  // (only the loops from a raw membrane read fields once)
   const int signal = kSurrogate != kNoSurrogate ? 3 : 0;  // the spikes' cotangent, or x's (the lean steps' signal)
   const bool lean_from_checkpoints = kRaw && kScheme == kEuler && !kExtra && CotangentsSkipRecovery(r, kSurrogate);
   // one step of the forward again, from the run's row i of (v, u): its raw membrane and the next (v, u) rows;

@@ -17,8 +17,11 @@
 #ifndef SPARK_TORCH_IZHIKEVICH_H_
 #define SPARK_TORCH_IZHIKEVICH_H_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <type_traits>
 
 // No two pointers of a loop below alias a buffer that the loop writes (the callers keep them apart), so
 // the compiler need not reload a value after a store.
@@ -53,6 +56,17 @@ template <typename T>
 inline T Clip(T v) {
   const T above_lower = v < T(-kVLimit) ? T(-kVLimit) : v;
   return v > T(kVLimit) ? T(kVLimit) : above_lower;
+}
+
+// The bits of |x| as an unsigned integer: ordered as |x| for the numbers and infinities, and above all of
+// them for a NaN. (A maximum of these vectorizes, where one of floats, with its NaN rules, does not.)
+template <typename T>
+inline auto MagnitudeBits(T x) {
+  using Bits = std::conditional_t<sizeof(T) == 4, uint32_t, uint64_t>;
+  static_assert(sizeof(Bits) == sizeof(T), "IEEE single or double");
+  Bits bits;
+  std::memcpy(&bits, &x, sizeof bits);
+  return bits & (~Bits(0) >> 1);
 }
 
 // dClip/dv: 1 on the closed interval (and for NaN, which Clip passes through), 0 beyond it.
@@ -132,8 +146,9 @@ struct Field {
 // Forward step for n neurons: reads the pre-step state (v_in, u_in), writes the post-step state to
 // (v_out, u_out) (other arrays: the next scratch rows or trace rows), the 0/1 spike, and
 // x, mem and the unclipped membrane `raw` (v* = Clip(raw), see Integrate) when asked for (kX, kMem, kRaw).
-// With kRaw, returns whether the clip bounded any u' (whose reverse then needs u), else false. kUniform: every
-// neuron of the block has the same fields (see Field).
+// With kRaw, returns whether the clip bounded any u' or any u' is NaN (the reverse then needs u: its general
+// step, which gives a NaN the same bits), else false. kUniform: every neuron of the block has the same fields
+// (see Field).
 template <typename T, int kScheme, bool kX, bool kMem, bool kRaw, bool kUniform = false>
 inline bool ForwardStep(int64_t n, const T* IZH_RESTRICT current, const Neurons<T>& q, const T* IZH_RESTRICT v_in,
                         const T* IZH_RESTRICT u_in, T* IZH_RESTRICT v_out, T* IZH_RESTRICT u_out,
@@ -141,7 +156,7 @@ inline bool ForwardStep(int64_t n, const T* IZH_RESTRICT current, const Neurons<
                         const Constants<T>& k) {
   const Field<T, kUniform> vr(q.p[kVr]), c(q.p[kC]), res(q.p[kR]), vpk(q.p[kVpk]), b(q.p[kB]), d(q.p[kD]);
   const Field<T, kUniform> dt_a(q.dt_a), den(q.den), scale(q.scale);
-  int clipped = 0;
+  decltype(MagnitudeBits(T(0))) largest = 0;  // of |u'| (kRaw)
   IZH_VECTORIZE
   for (int64_t j = 0; j < n; ++j) {
     const Integrated<T> s = Integrate<T, kScheme>(v_in[j], u_in[j], res[j] * current[j], dt_a[j], b[j], k);
@@ -152,11 +167,11 @@ inline bool ForwardStep(int64_t n, const T* IZH_RESTRICT current, const Neurons<
     const T v_next = fired ? c[j] : s.v_star;
     v_out[j] = v_next;
     const T u_next = fired ? s.u_star + d[j] : s.u_star;
-    if constexpr (kRaw) clipped |= (u_next > T(kVLimit)) | (u_next < T(-kVLimit));
+    if constexpr (kRaw) largest = std::max(largest, MagnitudeBits(u_next));
     u_out[j] = Clip(u_next);
     if constexpr (kMem) mem[j] = (v_next - vr[j]) * scale[j];
   }
-  return clipped != 0;
+  return largest > MagnitudeBits(T(kVLimit));
 }
 
 // The forward's u update of one step with its recorded spike: u_next from the pre-step (v, u).

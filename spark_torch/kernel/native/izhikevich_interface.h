@@ -30,7 +30,7 @@ enum ForwardOperand : int { kFwdCurrent = 0, kFwdV0, kFwdU0, kFwdParams, kFwdSte
                             kNumForwardOperands };
 // Results: the spikes, x and mem ([t_buf, m]; x, mem may be empty: not asked for), v and u (traces or the
 // final state), and the residuals of the attributes' `residuals` mode (Residuals; the others empty);
-// u_clipped (raw_trace, optional: one element) is set to 1 when the clip bounded any u', else 0;
+// u_clipped (raw_trace, optional: one element) is set to 1 when the clip bounded any u' (or one is NaN), else 0;
 // nonfinite_current (optional: one element) is set to 1 when the input of a step run holds a NaN or ±Inf, else 0.
 enum ForwardResult : int { kSpikes = 0, kX, kV, kU, kMem, kRawMembrane, kVCheckpoints, kUCheckpoints, kUClipped,
                            kNonfiniteCurrent, kNumForwardResults };

@@ -166,7 +166,7 @@ struct Forward {
   const T* current;
   Periodic<T> v0, u0, params[kNumParams];
   T *spikes, *x, *v, *u, *mem, *raw, *v_checkpoints, *u_checkpoints;  // spikes null when they are bool
-  T* u_clipped;  // kRawTrace (or null): set to 1 when the clip bounded any u' (the reverse then needs u)
+  T* u_clipped;  // kRawTrace (or null): set to 1 when the clip bounded any u' or one is NaN (the reverse then needs u)
   T* nonfinite_current;  // or null: set to 1 when an input row of the steps run holds a NaN or ±Inf
   uint8_t* spikes_bool;
 };

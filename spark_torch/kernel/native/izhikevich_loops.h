@@ -166,7 +166,7 @@ struct Forward {
   const T* current;
   Periodic<T> v0, u0, params[kNumParams];
   T *spikes, *x, *v, *u, *mem, *raw, *v_checkpoints, *u_checkpoints;  // spikes null when they are bool
-  T* u_clipped;  // kRawTrace (or null): set to 1 when the clip bounded any u' or one is NaN (the reverse then needs u)
+  T* u_clipped;  // kRawTrace (or null): 1 when the clip bounded any u' or one is NaN (the reverse then needs u)
   T* nonfinite_current;  // or null: set to 1 when an input row of the steps run holds a NaN or ±Inf
   uint8_t* spikes_bool;
 };
@@ -352,9 +352,10 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
   const int signal = kSurrogate != kNoSurrogate ? 3 : 0;  // the spikes' cotangent, or x's (the lean steps' signal)
   const bool lean_from_checkpoints = kRaw && kScheme == kEuler && !kExtra && CotangentsSkipRecovery(r, kSurrogate);
   // one step of the forward again, from the run's row i of (v, u): its raw membrane and the next (v, u) rows;
-  // returns whether the clip bounded any u'
+  // returns whether the clip bounded any u' (or one is NaN)
   auto recompute_step = [&](int64_t t, int64_t i) {
-    auto step = uniform ? ForwardStep<T, kScheme, false, false, true, true> : ForwardStep<T, kScheme, false, false, true>;
+    auto step = uniform ? ForwardStep<T, kScheme, false, false, true, true>
+                        : ForwardStep<T, kScheme, false, false, true, false>;
     return step(n, r.current + t * r.m + j0, q, run_row(run_v, i), run_row(run_u, i), run_row(run_v, i + 1),
                 run_row(run_u, i + 1), spike_tmp, nullptr, nullptr, run_row(run_raw, i), r.k);
   };
@@ -381,7 +382,7 @@ void ReverseBlock(const Reverse<T>& r, int64_t j0, int64_t n, T* scratch) {
       std::copy_n(r.u_checkpoints + checkpoint, n, run_u);
       if (r.residuals == kCheckpoints) {
         std::copy_n(r.v_checkpoints + checkpoint, n, run_v);
-        bool u_clipped = false;  // by the clip in any step of the run
+        bool u_clipped = false;  // by the clip in any step of the run (or NaN)
         for (int64_t t = first; t < stop; ++t) {
           const int64_t i = t - first;
           if (t + 1 < stop) Prefetch(r.current + (t + 1) * r.m + j0, n, false);

@@ -284,14 +284,14 @@ class IzhikevichSoma(persistence.StateDictPersistence, snn.Leaky):
                           self.checkpoint_recovery, step=not self.sequence,
                           check_finite=self.check_finite and not compiling)
         out = execution.run(call, cur, v0, u0, fields, self._param_views)
+        # own tensors, not views of the op's outputs; on CUDA the next call's state must not be JAX's memory
+        copy = compiling or cur.device.type != "cpu"
         if not self.sequence:
-            v, u, mem = out.v, out.u, out.mem
-            if compiling or cur.device.type != "cpu":  # own tensors, not views of the op's outputs; on CUDA,
-                v, u, mem = v.clone(), u.clone(), mem.clone()  # the next call's state must not be JAX's memory
+            v, u, mem = (out.v.clone(), out.u.clone(), out.mem.clone()) if copy else (out.v, out.u, out.mem)
             self._hidden.set(mem, v, u)
             return out.spikes, out.x, mem
         if not torch.compiler.is_exporting():  # an exported sequence call is a pure function of its input
-            v, u = _final_state(out, copy=compiling or cur.device.type != "cpu")
+            v, u = _final_state(out, copy)
             self._hidden.set(out.mem[-1].clone(), v, u, also_own_last_row_of=out.mem)
         return out.spikes, out.x, out.mem
 

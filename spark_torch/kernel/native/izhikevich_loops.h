@@ -171,10 +171,13 @@ struct Forward {
   uint8_t* spikes_bool;
 };
 
-// Scratch values per block: two rows each of v and u, a 0/1 spike row, and the Neurons.
+// The forward's state rows in a block's scratch: v, u, a 0/1 spike row, and the other v and u rows.
+constexpr int kForwardStateRows = 5;
+
+// Scratch values per block: the state rows, then the Neurons.
 template <typename T>
 constexpr size_t ForwardScratch() {
-  return (5 + kNeuronRows) * kBlock<T>;
+  return (kForwardStateRows + kNeuronRows) * kBlock<T>;
 }
 
 // The state lives in scratch unless it is traced (kStateTraces: each step reads the previous trace row
@@ -219,11 +222,11 @@ void ForwardSteps(const Forward<T>& f, int64_t j0, int64_t n, T* scratch, const 
   if (nonfinite) SetFlag(f.nonfinite_current);
 }
 
-// The forward of one block: its fields gathered after the five state and spike rows of `scratch`, then every
+// The forward of one block: its fields gathered after the state rows of `scratch`, then every
 // step, reading each field once when the block's are uniform (worth the check for more than one step).
 template <typename T, int kScheme, bool kX, bool kMem, bool kRaw>
 void ForwardBlock(const Forward<T>& f, int64_t j0, int64_t n, T* scratch) {
-  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, scratch + 5 * kBlock<T>);
+  const Neurons<T> q = GatherNeurons(f.params, j0, n, f.k.dt, scratch + kForwardStateRows * kBlock<T>);
   if (f.n_steps > 1 && UniformBlock(q, n)) return ForwardSteps<T, kScheme, kX, kMem, kRaw, true>(f, j0, n, scratch, q);
   ForwardSteps<T, kScheme, kX, kMem, kRaw, false>(f, j0, n, scratch, q);
 }

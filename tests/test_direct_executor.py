@@ -104,14 +104,15 @@ def test_non_contiguous_input_is_copied_explicitly_once(native_kernel):
 
 @pytest.mark.parametrize("scheme", ["euler", "izhikevich2003"])
 @pytest.mark.parametrize("checkpoints", [False, True], ids=["raw_trace", "checkpoints"])
-def test_large_calls_share_their_blocks_among_threads_with_the_same_bits(native_kernel, scheme, checkpoints):
-    """A call above the parallel threshold runs its blocks of neurons on every thread torch may use; blocks are
-    independent, so spikes, membranes and every gradient are the same bits as on one thread."""
+@pytest.mark.parametrize("T, B, N", [(16, 3, 6000), (400, 1, 700)], ids=["many_blocks", "three_blocks"])
+def test_large_calls_share_their_blocks_among_threads_with_the_same_bits(native_kernel, scheme, checkpoints, T, B, N):
+    """A call above the parallel threshold runs its blocks of neurons on every thread torch may use (in runs of
+    several blocks; with three blocks, two runs of which the last is partly filled); blocks are independent, so
+    spikes, membranes and every gradient are the same bits as on one thread."""
     from spark_torch import kernel
     from spark_torch.kernel.native import interface
 
-    T, B, N = 16, 3, 6000  # more neuron-steps than interface.PARALLEL_WORK, in many blocks of neurons
-    assert T * B * N >= interface.PARALLEL_WORK
+    assert T * B * N >= interface.PARALLEL_WORK  # more neuron-steps than the parallel threshold
     generator = torch.Generator().manual_seed(3)
     x0 = 3.0 * torch.rand(T, B, N, generator=generator)
     weights = torch.randn(T, B, N, generator=generator)

@@ -39,14 +39,25 @@ int64_t WorkerCount(int64_t max_threads, int64_t m, int64_t n_steps) {
   return n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
 }
 
-// A call's blocks in runs of `grain` consecutive blocks (~8 runs per worker), claimed from a shared counter
-// by every thread that works on the call: a thread that starts late or is preempted (e.g. by another
-// library's spinning threads on a small machine) just takes fewer runs.
+// The least bytes of each row that a run of blocks should cover: a 4 KiB page. The cores' stream
+// prefetchers follow a row within its page, so where two threads write parts of one page, each fetches lines
+// that the other is writing, and those lines move between the cores at every step.
+constexpr int64_t kRunBytes = 4096;
+
+// A call's blocks in runs of `grain` consecutive blocks, claimed from a shared counter by every thread that
+// works on the call: a thread that starts late or is preempted (e.g. by another library's spinning threads on
+// a small machine) just takes fewer runs. Each worker gets 1 to 8 runs, as many as keep a run at kRunBytes
+// of each row or more.
 template <typename T>
 struct BlockRuns {
+  static constexpr int64_t kPageBlocks = (kRunBytes + kBlockBytes - 1) / kBlockBytes;
+
   BlockRuns(int64_t m, int64_t n_workers)
-      : m(m), n_blocks((m + kBlock<T> - 1) / kBlock<T>), grain(std::max<int64_t>(1, n_blocks / (8 * n_workers))),
-        n_runs((n_blocks + grain - 1) / grain) {}
+      : m(m), n_blocks((m + kBlock<T> - 1) / kBlock<T>),
+        grain(CeilDiv(n_blocks, n_workers * std::clamp<int64_t>(n_blocks / (n_workers * kPageBlocks), 1, 8))),
+        n_runs(CeilDiv(n_blocks, grain)) {}
+
+  static int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
   template <typename Block>
   void Run(int64_t i, T* scratch, Block& block) const {

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from spark_torch.bench import contenders as peers
 from spark_torch import bench
@@ -192,6 +193,65 @@ def test_c_anchor_weighted_loss_agrees_with_the_eager_baseline():
     np.testing.assert_array_equal(anchor.counts(), eager.counts())
     want = eager.x.grad.numpy().reshape(anchor.gI.shape)
     np.testing.assert_allclose(anchor.gI, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_the_torch_floor_is_a_yardstick_not_a_peer():
+    """``torch_floor`` computes nothing, yet hands the input a gradient of its shape and dtype; the report
+    gives its ratio to the C anchor and never names it the fastest peer, although it is the fastest."""
+    floor = peers.TorchFloor()
+    floor.setup(bench.make_input(5, 2, 8))
+    floor.fwdbwd()
+    assert floor.x.grad.shape == floor.x.shape and floor.x.grad.dtype == torch.float32
+    assert floor.counts().tolist() == [0] * 16
+    try:
+        peers.CAnchor()
+        with_anchor = ["c_anchor"]
+    except peers.Unavailable:
+        with_anchor = []
+    names = ",".join(["spark_seq", "torch_eager", "torch_floor", *with_anchor])
+    res = bench.run(bench.parse_args(QUICK_ARGS + ["--contenders", names, "--no-memory", "--no-profile",
+                                                   "--no-threads"]), report=lambda s: None)
+    (rec,) = res["sizes"]
+    for mode in ("fwd", "fwdbwd"):
+        assert rec["derived"][f"fastest_peer_{mode}"] == "torch_eager"
+        if with_anchor:
+            med = {n: s["median_ms"] for n, s in rec["timings"][mode].items()}
+            assert rec["derived"][f"floor_vs_c_anchor_{mode}"] == pytest.approx(med["torch_floor"] / med["c_anchor"])
+    assert "agrees" not in rec["spike_counts"]["torch_floor"]  # computes nothing: its counts are not compared
+
+
+def test_each_round_calls_the_contenders_in_a_new_order(monkeypatch):
+    """A call runs slower after one that flushed the caches: a fixed rotation would give every contender the
+    same predecessor in every round, so each round shuffles the order (seeded: the same run gives the same)."""
+    calls = []
+
+    def logged(name):
+        class Logged(peers.Contender):
+            def run(self, inp):
+                calls.append(name)
+                return inp * 0
+
+        Logged.name = Logged.label = name
+        return Logged
+
+    fakes = [logged(n) for n in ("first", "second", "third")]
+    monkeypatch.setattr(peers, "ALL", fakes)
+    monkeypatch.setattr(peers, "BY_NAME", {c.name: c for c in fakes})
+
+    def predecessors():
+        calls.clear()
+        bench.run(bench.parse_args(QUICK_ARGS[:1] + ["--rounds", "12", "--warmup", "0", "--modes", "fwdbwd",
+                                                     "--contenders", "first,second,third", "--no-memory",
+                                                     "--no-profile", "--no-threads"]), report=lambda s: None)
+        rounds = calls[3:3 + 3 * 12]  # after each contender's first call; counts() comes after
+        assert sorted(rounds) == sorted(["first", "second", "third"] * 12)
+        within = [rounds[i:i + 3] for i in range(0, len(rounds), 3)]
+        assert all(sorted(r) == ["first", "second", "third"] for r in within)
+        return {n: {r[r.index(n) - 1] for r in within if r.index(n)} for n in ("first", "second", "third")}
+
+    seen = predecessors()
+    assert all(len(before) >= 2 for before in seen.values()), seen
+    assert predecessors() == seen
 
 
 def test_alloc_modes_time_each_mode_in_its_own_process_and_report_the_ratio_to_the_anchor(tmp_path):

@@ -1,9 +1,11 @@
-"""Hand-fused anchors for :mod:`spark_torch.bench`: the same RS workload (:mod:`~spark_torch.bench.base`) as
-one loop written by hand, in C (:class:`CAnchor`, the anchor the report compares against) and in Numba.
+"""Yardsticks for :mod:`spark_torch.bench`, not part of the library.
 
-Not part of the library: they are what a user could write by hand for this one model (fixed parameters,
-float32, euler, fast-sigmoid surrogate, ``loss = spikes.sum()``), the yardstick the layer is measured
-against. Neurons run in blocks whose state stays in L1 for all T steps.
+* Hand-fused anchors: the same RS workload (:mod:`~spark_torch.bench.base`) as one loop written by hand, in C
+  (:class:`CAnchor`, the anchor the report compares against) and in Numba. They are what a user could write
+  by hand for this one model (fixed parameters, float32, euler, fast-sigmoid surrogate, ``loss =
+  spikes.sum()``). Neurons run in blocks whose state stays in L1 for all T steps.
+* :class:`TorchFloor`: a torch layer that computes nothing, i.e. what any layer called from PyTorch pays per
+  forward and backward besides its own loops (dispatch, the autograd node, its outputs' allocation, the loss).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .base import A, B_, C, D, DT, SLOPE, V_PK, V_R, Contender, Unavailable, loss_weights
 
@@ -229,3 +232,43 @@ class CAnchor(Contender):
 
     def counts(self):
         return self.fwd().sum(0).astype(np.int64)
+
+
+class _NoArithmetic(torch.autograd.Function):
+    """The autograd node of a layer that computes nothing: forward returns views of the ``spikes`` and ``mem``
+    buffers it is given (``mem`` without a gradient), backward a view of the ``g_current`` buffer."""
+
+    @staticmethod
+    def forward(ctx, current, spikes, mem, g_current):
+        ctx.g_current = g_current
+        ctx.set_materialize_grads(False)  # the unused mem's gradient stays None, not a tensor of zeros
+        mem = mem.view_as(mem)
+        ctx.mark_non_differentiable(mem)
+        return spikes.view_as(spikes), mem
+
+    @staticmethod
+    def backward(ctx, g_spikes, g_mem):
+        return ctx.g_current.view_as(ctx.g_current), None, None, None
+
+
+class TorchFloor(Contender):
+    """The floor under any layer called from PyTorch (a yardstick, not a peer): one ``autograd.Function`` that
+    returns the layer's two ``[T, B, N]`` outputs and, backward, the input gradient, and computes nothing.
+    Like the C anchor's, its buffers are allocated once in setup (zeros) and reused, so it pays no allocation
+    either. With the workload's loss (``spikes.sum()`` and its backward) it is what any layer pays per call
+    besides its own loops and allocations: a layer takes at least this floor plus its loops' time."""
+
+    name, label = "torch_floor", "torch floor (no arithmetic)"
+    same_model = "no: computes nothing"
+    note = ("autograd.Function returning zero spikes and mem and a zero input gradient from buffers allocated in "
+            "setup; the same loss and backward as every contender: what a torch layer pays besides its loops")
+
+    def setup(self, current):
+        super().setup(current)
+        self.buffers = tuple(torch.zeros_like(current) for _ in range(3))  # spikes, mem, g_current
+
+    def run(self, inp):
+        return _NoArithmetic.apply(inp, *self.buffers)[0]
+
+    def counts(self):
+        return np.zeros(int(np.prod(self.I.shape[1:])), np.int64)

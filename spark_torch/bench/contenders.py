@@ -19,7 +19,7 @@ import math
 import numpy as np
 import torch
 
-from .anchors import CAnchor, NumbaFused
+from .anchors import CAnchor, NumbaFused, TorchFloor
 # The constants and the base are also reached as contenders.X (run.py, the tests): re-exported here.
 from .base import A, B_, C, D, DT, SLOPE, V_PK, V_R, Contender, Unavailable, loss_weights  # noqa: F401
 
@@ -337,5 +337,5 @@ class SpikingJellyIzhikevich(Contender):
 
 ALL = [SparkSequence, SparkSequenceXla, SparkSequenceCheckpointed, SparkStep, SparkStepXla, JaxDirect, JaxDirectXla,
        TorchEager, TorchCompileLoop, TorchCompileStep, NorseIzhikevich, SpikingJellyIzhikevich, SnnLeaky, NumbaFused,
-       CAnchor]
+       CAnchor, TorchFloor]
 BY_NAME = {c.name: c for c in ALL}

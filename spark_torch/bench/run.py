@@ -13,7 +13,9 @@ once (:func:`calibrate`) so that the model fires ~34 Hz over T=100 ms. Surrogate
 
 Method: all contenders in one process; per size and mode, each is called once (its *first call*,
 compile included, reported separately) and ``--warmup`` more times (excluded), then ``--rounds``
-interleaved rounds (one call of each contender per round, rotating the order). Reported: median,
+interleaved rounds (one call of each contender per round, in an order shuffled each round with a fixed
+seed: a call runs slower after one that flushed the caches, and a rotation would give every contender
+the same predecessor in every round). Reported: median,
 IQR and min/max in ms. A contender whose calls are slow gets fewer rounds (``--budget-s`` per size
 and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
 float32 may differ by rounding (±2 spikes per 1000 ms), so a neuron "disagrees" when it is off by
@@ -29,6 +31,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import sys
 import time
 from pathlib import Path
@@ -48,6 +51,7 @@ MODES = ("fwd", "fwdbwd")
 REFERENCE = "torch_eager"
 QUICK_SKIP = ("torch_compile_loop", "torch_compile_step")  # their compile step does not fit a smoke test
 HAND_FUSED = (alloc.ANCHOR, "numba_fused")  # the anchors: not peers
+FLOOR = "torch_floor"  # what any torch layer pays besides its loops: a yardstick, not a peer
 
 
 def calibrate(target_hz=34.0, T=100, B=16, N=128, noise=NOISE) -> tuple[float, float]:
@@ -136,9 +140,9 @@ def _time_size(size, contenders, args, report) -> dict:
             rounds[name] = max(min(2, args.rounds), min(args.rounds, int(args.budget_s / max(per_call, 1e-6))))
         times = {n: [] for n in calls}
         names = list(calls)
-        for r in range(args.rounds):
-            order = names[r % len(names):] + names[:r % len(names)] if names else []
-            for name in order:
+        shuffle = random.Random(0)
+        for _ in range(args.rounds):
+            for name in shuffle.sample(names, len(names)):
                 if len(times[name]) < rounds[name]:
                     times[name].append(_timed(calls[name], sync))
         for name, ts in times.items():
@@ -170,12 +174,14 @@ def _derived(rec, size) -> dict:
             d[f"vs_hand_fused_{mode}"] = med["spark_seq"] / min(anchors)
         if "spark_seq" in med and alloc.ANCHOR in med:
             d[f"vs_c_anchor_{mode}"] = med["spark_seq"] / med[alloc.ANCHOR]
+        if FLOOR in med and alloc.ANCHOR in med:
+            d[f"floor_vs_c_anchor_{mode}"] = med[FLOOR] / med[alloc.ANCHOR]
         if "spark_seq" in med and "spark_seq_xla" in med:
             d[f"xla_vs_native_{mode}"] = med["spark_seq_xla"] / med["spark_seq"]
         if "spark_seq" in med and REFERENCE in med:
             d[f"speedup_vs_eager_{mode}"] = med[REFERENCE] / med["spark_seq"]
         peer = {n: v for n, v in med.items()  # other libraries only: not this one's variants, not the anchors
-                if not n.startswith(("spark_", "jax_direct")) and n not in HAND_FUSED}
+                if not n.startswith(("spark_", "jax_direct")) and n not in (*HAND_FUSED, FLOOR)}
         if "spark_seq" in med and peer:
             best = min(peer, key=peer.get)
             d[f"fastest_peer_{mode}"] = best

@@ -39,9 +39,9 @@ int64_t WorkerCount(int64_t max_threads, int64_t m, int64_t n_steps) {
   return n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
 }
 
-// The least bytes of each row that a run of blocks should cover: a 4 KiB page. The cores' stream
-// prefetchers follow a row within its page, so where two threads write parts of one page, each fetches lines
-// that the other is writing, and those lines move between the cores at every step.
+// The least bytes of each row that a run of blocks should cover: a 4 KiB page. Runs of a single block left two
+// threads writing parts of the same pages at every step, and a call in the L3 cache then took far longer
+// (likely because the cores' prefetchers, which run ahead within a page, fetch the lines the other is writing).
 constexpr int64_t kRunBytes = 4096;
 
 // A call's blocks in runs of `grain` consecutive blocks, claimed from a shared counter by every thread that

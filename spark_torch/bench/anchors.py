@@ -5,7 +5,7 @@
   by hand for this one model (fixed parameters, float32, euler, fast-sigmoid surrogate, ``loss =
   spikes.sum()``). Neurons run in blocks whose state stays in L1 for all T steps.
 * :class:`TorchFloor`: a torch layer that computes nothing, i.e. what any layer called from PyTorch pays per
-  forward and backward besides its own loops (dispatch, the autograd node, its outputs' allocation, the loss).
+  forward and backward besides its own loops and allocations (dispatch, the autograd node, the loss).
 """
 
 from __future__ import annotations

@@ -15,9 +15,8 @@ Method: all contenders in one process; per size and mode, each is called once (i
 compile included, reported separately) and ``--warmup`` more times (excluded), then ``--rounds``
 interleaved rounds (one call of each contender per round, in an order shuffled each round with a fixed
 seed: a call runs slower after one that flushed the caches, and a rotation would give every contender
-the same predecessor in every round). Reported: median,
-IQR and min/max in ms. A contender whose calls are slow gets fewer rounds (``--budget-s`` per size
-and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
+the same predecessor in every round). Reported: median, IQR and min/max in ms. A contender whose calls
+are slow gets fewer rounds (``--budget-s`` per size and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
 float32 may differ by rounding (±2 spikes per 1000 ms), so a neuron "disagrees" when it is off by
 more than ``max(2, 2·T/1000)`` spikes, and a contender is flagged when more than 1 % of neurons do.
 

@@ -16,9 +16,10 @@ compile included, reported separately) and ``--warmup`` more times (excluded), t
 interleaved rounds (one call of each contender per round, in an order shuffled each round with a fixed
 seed: a call runs slower after one that flushed the caches, and a rotation would give every contender
 the same predecessor in every round). Reported: median, IQR and min/max in ms. A contender whose calls
-are slow gets fewer rounds (``--budget-s`` per size and mode). Spike counts per neuron are checked against the PyTorch eager reference: the same model in
-float32 may differ by rounding (±2 spikes per 1000 ms), so a neuron "disagrees" when it is off by
-more than ``max(2, 2·T/1000)`` spikes, and a contender is flagged when more than 1 % of neurons do.
+are slow gets fewer rounds (``--budget-s`` per size and mode). Spike counts per neuron are checked
+against the PyTorch eager reference: the same model in float32 may differ by rounding (±2 spikes per
+1000 ms), so a neuron "disagrees" when it is off by more than ``max(2, 2·T/1000)`` spikes, and a
+contender is flagged when more than 1 % of neurons do.
 
 Peak extra memory of one forward+backward: :mod:`~spark_torch.bench.memory` (a fresh process per
 contender). Allocation modes (``--alloc-mode``, ``--alloc-modes``): :mod:`~spark_torch.bench.alloc`.

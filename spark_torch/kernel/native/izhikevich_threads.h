@@ -24,6 +24,9 @@
 
 namespace izh {
 
+// ceil(a / b) for a >= 0, b > 0.
+constexpr int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
 // Neuron-steps below which a call runs on the calling thread alone.
 constexpr int64_t kParallelWork = int64_t{1} << 18;
 
@@ -35,7 +38,7 @@ inline int64_t Cores() {
 // The threads a call above kParallelWork may use: at most max_threads, the cores and its blocks.
 template <typename T>
 int64_t WorkerCount(int64_t max_threads, int64_t m, int64_t n_steps) {
-  const int64_t n_blocks = (m + kBlock<T> - 1) / kBlock<T>;
+  const int64_t n_blocks = CeilDiv(m, kBlock<T>);
   return n_steps * m < kParallelWork ? 1 : std::min({n_blocks, Cores(), std::max<int64_t>(1, max_threads)});
 }
 
@@ -50,14 +53,12 @@ constexpr int64_t kRunBytes = 4096;
 // of each row or more.
 template <typename T>
 struct BlockRuns {
-  static constexpr int64_t kPageBlocks = (kRunBytes + kBlockBytes - 1) / kBlockBytes;
+  static constexpr int64_t kPageBlocks = CeilDiv(kRunBytes, kBlockBytes);
 
   BlockRuns(int64_t m, int64_t n_workers)
-      : m(m), n_blocks((m + kBlock<T> - 1) / kBlock<T>),
+      : m(m), n_blocks(CeilDiv(m, kBlock<T>)),
         grain(CeilDiv(n_blocks, n_workers * std::clamp<int64_t>(n_blocks / (n_workers * kPageBlocks), 1, 8))),
         n_runs(CeilDiv(n_blocks, grain)) {}
-
-  static int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
   template <typename Block>
   void Run(int64_t i, T* scratch, Block& block) const {

@@ -51,7 +51,7 @@ MODES = ("fwd", "fwdbwd")
 REFERENCE = "torch_eager"
 QUICK_SKIP = ("torch_compile_loop", "torch_compile_step")  # their compile step does not fit a smoke test
 HAND_FUSED = (alloc.ANCHOR, "numba_fused")  # the anchors: not peers
-FLOOR = "torch_floor"  # what any torch layer pays besides its loops: a yardstick, not a peer
+FLOOR = peers.TorchFloor.name  # what any torch layer pays besides its loops: a yardstick, not a peer
 
 
 def calibrate(target_hz=34.0, T=100, B=16, N=128, noise=NOISE) -> tuple[float, float]:
